@@ -1,0 +1,62 @@
+"""Herald: gathers the events of event-sourced modules and publishes them.
+
+The public surface is what this module exports; everything else is internal.
+"""
+
+__version__ = "0.1.0"
+
+from .client import AsyncClient, AsyncSubscription, Client, ReadResult, Subscription
+from .errors import (
+    ClientError,
+    CorruptRecord,
+    EmptyBatch,
+    ExpectedHeadMismatch,
+    Forbidden,
+    HeraldError,
+    InvalidRequest,
+    InvalidStreamName,
+    NotFound,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+    StorageFull,
+    StorageUnavailable,
+    TooLarge,
+    TransportError,
+    Unauthorized,
+)
+from .model import AppendResult, Duplicate, Event, Limits, StreamInfo
+
+__all__ = [
+    "__version__",
+    # clients
+    "AsyncClient",
+    "AsyncSubscription",
+    "Client",
+    "Subscription",
+    "ReadResult",
+    # values
+    "AppendResult",
+    "Duplicate",
+    "Event",
+    "Limits",
+    "StreamInfo",
+    # errors
+    "HeraldError",
+    "ClientError",
+    "InvalidRequest",
+    "InvalidStreamName",
+    "EmptyBatch",
+    "Unauthorized",
+    "Forbidden",
+    "NotFound",
+    "ExpectedHeadMismatch",
+    "TooLarge",
+    "RateLimited",
+    "ServerError",
+    "CorruptRecord",
+    "StorageFull",
+    "StorageUnavailable",
+    "TransportError",
+    "ProtocolError",
+]

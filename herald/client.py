@@ -1,0 +1,495 @@
+"""The Python client: ``AsyncClient`` (asyncio) and ``Client`` (blocking).
+
+    import herald
+
+    with herald.Client("https://127.0.0.1:8443", token_file="herald-data/admin-token",
+                       ca="herald-data/tls/ca.pem") as client:
+        client.append("inventory", [{"type": "ItemAdded", "data": {"sku": "A1"}}])
+        for event in client.subscribe("inventory", start=0):
+            print(event.position, event.type, event.data)
+
+Subscriptions use the compact form (``application/vnd.herald.records``): the server
+sends its stored records unchanged and the client decodes whole batches with
+msgspec. A subscription that loses its connection resumes from its position by
+itself. Every failure is a ``herald.HeraldError``; transport errors never leak.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import threading
+from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, TypeVar
+
+import aiohttp
+import msgspec
+
+from . import codec
+from .errors import (
+    ClientError,
+    HeraldError,
+    ProtocolError,
+    TransportError,
+    error_from_wire,
+)
+from .model import AppendResult, Event, StreamInfo, id_suffixes, time_from_us
+
+__all__ = ["AsyncClient", "Client", "AsyncSubscription", "Subscription", "ReadResult"]
+
+T = TypeVar("T")
+
+# A dropped subscription reconnects after this long, doubling up to the maximum.
+RECONNECT_INITIAL_SECONDS = 0.1
+RECONNECT_MAX_SECONDS = 5.0
+READ_BUFFER_BYTES = 1024 * 1024
+
+
+class ReadResult(msgspec.Struct):
+    events: list[Event]
+    next: int
+    head: int
+
+
+class _WireBatch(msgspec.Struct, gc=False):
+    """A record body as the client decodes it: straight into public Events."""
+
+    p: str
+    e: list[Event]
+
+
+class _Page(msgspec.Struct):
+    events: list[Event]
+    next: int
+    head: int
+
+
+class _Streams(msgspec.Struct):
+    streams: list[StreamInfo]
+
+
+_batch_decoder = msgspec.json.Decoder(_WireBatch)
+_page_decoder = msgspec.json.Decoder(_Page)
+_encoder = msgspec.json.Encoder()
+
+
+def events_from_record(record: codec.Record, start: int = 0) -> list[Event]:
+    """The events of a record at positions ≥ ``start``.
+
+    msgspec builds the Event objects; this loop only fills in what the record holds
+    once per batch (position, time, the ids Herald assigned).
+    """
+    try:
+        batch = _batch_decoder.decode(record.body)
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"record at position {record.base} does not decode: {exc}") from exc
+    events, prefix = batch.e, batch.p
+    time = time_from_us(record.time_us)
+    suffixes = id_suffixes(len(events))
+    base = record.base
+    for i, event in enumerate(events):
+        event.position = base + i
+        event.time = time
+        if not event.id:
+            event.id = prefix + suffixes[i]
+    skip = start - base
+    return events[skip:] if skip > 0 else events
+
+
+def client_context(
+    ca: Path | None = None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext:
+    """Verify the server against ``ca`` (or the system's CAs); present a client
+    certificate if given (mutual TLS)."""
+    ctx = ssl.create_default_context(cafile=str(ca) if ca else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert is not None:
+        ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+def _read_token(token: str | None, token_file: str | Path | None) -> str | None:
+    if token is not None:
+        return token
+    if token_file is not None:
+        try:
+            return Path(token_file).read_text().strip()
+        except OSError as exc:
+            raise ClientError(f"cannot read token file {token_file}: {exc.strerror}",
+                              code="bad_token_file") from exc
+    return None
+
+
+class AsyncClient:
+    """Herald over HTTPS, for asyncio code. Use as ``async with AsyncClient(…)``."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        token_file: str | Path | None = None,
+        ca: str | Path | None = None,
+        cert: str | Path | None = None,
+        key: str | Path | None = None,
+        timeout: float = 30.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.url = url.rstrip("/")
+        token = _read_token(token, token_file)
+        self._headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            self._ssl = ssl_context or client_context(
+                Path(ca) if ca else None, Path(cert) if cert else None,
+                Path(key) if key else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise ClientError(f"cannot load TLS files: {exc}", code="bad_tls_files") from exc
+        self._timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    # lifecycle
+
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl, limit=64),
+                # Large reads: a catch-up subscription moves megabytes; fewer, bigger
+                # chunks mean fewer trips through the TLS and stream layers.
+                read_bufsize=READ_BUFFER_BYTES,
+                headers=self._headers,
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=self._timeout),
+            )
+        return self._session
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # requests
+
+    async def _request(
+        self, method: str, path: str, *, params: Mapping[str, str] | None = None,
+        data: bytes | None = None, headers: Mapping[str, str] | None = None,
+    ) -> bytes:
+        try:
+            async with self._http().request(
+                method, self.url + path, params=params, data=data, headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self._timeout),
+            ) as response:
+                body = await response.read()
+                if response.status >= 400:
+                    raise _error(response.status, body)
+                return body
+        except HeraldError:
+            raise
+        except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            raise _transport_error(exc, self.url) from exc
+
+    async def append(
+        self, stream: str, events: Iterable[Mapping[str, Any]] | bytes, *,
+        expected_head: int | None = None,
+    ) -> AppendResult:
+        """Append a batch atomically. ``events`` are dicts with ``type``, ``data`` and
+        optionally ``id`` and ``meta``, or the batch already encoded as JSON bytes."""
+        body = events if isinstance(events, bytes) else _encoder.encode(list(events))
+        params = {"expected_head": str(expected_head)} if expected_head is not None else None
+        answer = await self._request("POST", f"/v1/streams/{stream}/events", params=params,
+                                     data=body, headers={"Content-Type": "application/json"})
+        return msgspec.json.decode(answer, type=AppendResult)
+
+    async def read(self, stream: str, start: int = 0, limit: int = 1000) -> ReadResult:
+        """Up to ``limit`` events from position ``start``."""
+        answer = await self._request(
+            "GET", f"/v1/streams/{stream}/events",
+            params={"from": str(start), "limit": str(limit)})
+        try:
+            page = _page_decoder.decode(answer)
+        except msgspec.MsgspecError as exc:
+            raise ProtocolError(f"unexpected read answer: {exc}") from exc
+        return ReadResult(events=page.events, next=page.next, head=page.head)
+
+    async def streams(self) -> list[StreamInfo]:
+        answer = await self._request("GET", "/v1/streams")
+        return msgspec.json.decode(answer, type=_Streams).streams
+
+    async def stream(self, stream: str) -> StreamInfo:
+        answer = await self._request("GET", f"/v1/streams/{stream}")
+        return msgspec.json.decode(answer, type=StreamInfo)
+
+    def subscribe(
+        self, stream: str, start: int = 0, *, follow: bool = True,
+        heartbeat: float | None = None,
+    ) -> AsyncSubscription:
+        """Events from ``start`` on: catch up, then (with ``follow``) wait for more.
+
+        Use ``async with client.subscribe(…) as sub: async for event in sub``.
+        """
+        return AsyncSubscription(self, stream, start, follow=follow, heartbeat=heartbeat)
+
+
+def _error(status: int, body: bytes) -> HeraldError:
+    try:
+        document = msgspec.json.decode(body)
+    except msgspec.MsgspecError:
+        document = None
+    return error_from_wire(status, document)
+
+
+def _transport_error(exc: BaseException, url: str) -> TransportError:
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError):
+        return TransportError(f"TLS certificate of {url} not trusted: {exc.certificate_error}",
+                              code="tls_error")
+    if isinstance(exc, (aiohttp.ClientSSLError, ssl.SSLError)):
+        return TransportError(f"TLS failed with {url}: {exc}", code="tls_error")
+    if isinstance(exc, asyncio.TimeoutError):
+        return TransportError(f"{url} did not answer in time", code="timeout")
+    return TransportError(f"cannot reach {url}: {exc}", code="connection_failed")
+
+
+class AsyncSubscription:
+    """An async iterator of events; resumes by itself after a dropped connection.
+
+    ``position`` is the position of the next event it will deliver; ``head`` the
+    stream's head as last reported by the server (None until the first heartbeat).
+    """
+
+    def __init__(self, client: AsyncClient, stream: str, start: int, *, follow: bool,
+                 heartbeat: float | None) -> None:
+        self._client = client
+        self.stream = stream
+        self.position = start
+        self.head: int | None = None
+        self._follow = follow
+        self._heartbeat = heartbeat
+        self._batches: AsyncIterator[list[Event]] | None = None
+        self._buffer: list[Event] = []
+        self._index = 0
+        self._response: aiohttp.ClientResponse | None = None
+        self._closed = False
+
+    async def __aenter__(self) -> AsyncSubscription:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    def __aiter__(self) -> AsyncSubscription:
+        return self
+
+    async def __anext__(self) -> Event:
+        while self._index >= len(self._buffer):
+            self._buffer = await self.next_batch()
+            self._index = 0
+        event = self._buffer[self._index]
+        self._index += 1
+        return event
+
+    async def next_batch(self) -> list[Event]:
+        """The next non-empty list of events (the fast path: one call per batch)."""
+        if self._batches is None:
+            self._batches = self._run()
+        try:
+            return await self._batches.__anext__()
+        except StopAsyncIteration:
+            raise StopAsyncIteration from None
+
+    async def batches(self) -> AsyncIterator[list[Event]]:
+        while True:
+            try:
+                yield await self.next_batch()
+            except StopAsyncIteration:
+                return
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._response is not None:
+            self._response.close()
+            self._response = None
+        if self._batches is not None:
+            await self._batches.aclose()  # type: ignore[attr-defined]
+            self._batches = None
+
+    async def _run(self) -> AsyncIterator[list[Event]]:
+        delay = RECONNECT_INITIAL_SECONDS
+        while not self._closed:
+            try:
+                async for batch in self._connection():
+                    delay = RECONNECT_INITIAL_SECONDS
+                    if batch:
+                        yield batch
+                return  # the server ended the stream: caught up with follow=False
+            except TransportError:
+                if self._closed:
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+
+    async def _connection(self) -> AsyncIterator[list[Event]]:
+        client = self._client
+        params = {"from": str(self.position), "follow": "true" if self._follow else "false"}
+        if self._heartbeat is not None:
+            params["heartbeat"] = str(self._heartbeat)
+        # TLS already guarantees integrity in transit and the server checked every CRC
+        # before sending: checking again here would only cost time.
+        decoder = codec.RecordDecoder(verify=False)
+        try:
+            response = await client._http().get(
+                f"{client.url}/v1/streams/{self.stream}/events", params=params,
+                headers={"Accept": codec.MEDIA_TYPE})
+        except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+            raise _transport_error(exc, client.url) from exc
+        self._response = response
+        try:
+            if response.status >= 400:
+                raise _error(response.status, await response.read())
+            while True:
+                try:
+                    chunk = await response.content.readany()
+                except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+                    raise _transport_error(exc, client.url) from exc
+                if not chunk:
+                    if decoder.pending:
+                        raise TransportError("subscription ended inside a record",
+                                             code="connection_failed")
+                    return
+                try:
+                    records = decoder.feed(chunk)
+                except HeraldError as exc:
+                    raise ProtocolError(f"bad record from server: {exc.message}") from exc
+                events: list[Event] = []
+                for record in records:
+                    if record.count == 0:
+                        self.head = record.base
+                        continue
+                    if record.end <= self.position:
+                        continue
+                    events += events_from_record(record, self.position)
+                    self.position = record.end
+                    if self.head is not None and self.head < self.position:
+                        self.head = self.position
+                yield events
+        finally:
+            response.close()
+            self._response = None
+
+
+# --- the blocking client ------------------------------------------------------------
+
+
+class Client:
+    """Herald over HTTPS, blocking. Runs an ``AsyncClient`` on a private event loop
+    in a background thread, so both share one implementation."""
+
+    def __init__(self, url: str, **options: Any) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="herald-client",
+                                        daemon=True)
+        self._thread.start()
+        try:
+            self._async = AsyncClient(url, **options)
+        except BaseException:
+            self._stop_loop()
+            raise
+
+    def _run(self, coroutine: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
+    def append(self, stream: str, events: Iterable[Mapping[str, Any]] | bytes, *,
+               expected_head: int | None = None) -> AppendResult:
+        batch = events if isinstance(events, bytes) else list(events)
+        return self._run(self._async.append(stream, batch, expected_head=expected_head))
+
+    def read(self, stream: str, start: int = 0, limit: int = 1000) -> ReadResult:
+        return self._run(self._async.read(stream, start, limit))
+
+    def streams(self) -> list[StreamInfo]:
+        return self._run(self._async.streams())
+
+    def stream(self, stream: str) -> StreamInfo:
+        return self._run(self._async.stream(stream))
+
+    def subscribe(self, stream: str, start: int = 0, *, follow: bool = True,
+                  heartbeat: float | None = None) -> Subscription:
+        return Subscription(self, self._async.subscribe(stream, start, follow=follow,
+                                                        heartbeat=heartbeat))
+
+    def close(self) -> None:
+        if self._loop.is_closed():
+            return
+        try:
+            self._run(self._async.close())
+        finally:
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class Subscription:
+    """A blocking iterator of events (see ``AsyncSubscription``)."""
+
+    def __init__(self, client: Client, subscription: AsyncSubscription) -> None:
+        self._client = client
+        self._sub = subscription
+        self._buffer: list[Event] = []
+        self._index = 0
+
+    @property
+    def position(self) -> int:
+        return self._sub.position
+
+    @property
+    def head(self) -> int | None:
+        return self._sub.head
+
+    def __iter__(self) -> Iterator[Event]:
+        return self
+
+    def __next__(self) -> Event:
+        while self._index >= len(self._buffer):
+            self._buffer = self.next_batch()
+            self._index = 0
+        event = self._buffer[self._index]
+        self._index += 1
+        return event
+
+    def next_batch(self) -> list[Event]:
+        try:
+            return self._client._run(self._sub.next_batch())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def batches(self) -> Iterator[list[Event]]:
+        while True:
+            try:
+                yield self.next_batch()
+            except StopIteration:
+                return
+
+    def close(self) -> None:
+        self._client._run(self._sub.close())
+
+    def __enter__(self) -> Subscription:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+

@@ -1,0 +1,1145 @@
+"""The ``files`` engine: Herald's embedded default. One node, crash-safe.
+
+Layout under the data directory::
+
+    streams/<stream>/<first position, 20 digits>.log   segments of records (codec)
+    streams/<stream>/<first position, 20 digits>.idx   sparse index: (position, offset)
+    checkpoints/<name>                                 one small file per checkpoint
+    herald.lock                                        one process at a time
+
+**Appends** are checked and given positions on the event loop, then queued. One
+commit task drains the queue: it writes every queued record to its segment and
+fsyncs each touched segment once, in a worker thread, while new appends queue up
+behind it — group commit. An append is answered only after its fsync returned.
+
+**Reads** see only durable records. A recent-records cache per stream serves live
+subscribers from memory; older positions are found with the sparse index (an entry
+per ~4 KiB of log: bisect, then scan at most one interval) and read with ``pread``,
+in a thread when the read is large.
+
+**Recovery** on open: the index is checked against its segment and cut where it
+points past the log; the last segment is scanned from its last index entry and a
+torn tail (an incomplete last record, or a last record whose checksum fails) is cut.
+Everything acknowledged was fsynced before it was acknowledged, so it is before the
+tail. Damage anywhere else is never "repaired" away: the stream is reported damaged
+(appends refused), and reads of the damaged range fail with ``corrupt_record``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import errno
+import fcntl
+import logging
+import os
+import re
+import struct
+from array import array
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import msgspec
+
+from .. import codec
+from ..codec import HEADER_SIZE, Record
+from ..errors import (
+    CorruptRecord,
+    ExpectedHeadMismatch,
+    HeraldError,
+    InvalidRequest,
+    ServerError,
+    StorageFull,
+    StorageUnavailable,
+)
+from ..model import (
+    AppendResult,
+    Batch,
+    Duplicate,
+    Limits,
+    StreamInfo,
+    new_id_prefix,
+    now_us,
+    validate_stream_name,
+)
+from .base import READ_CHUNK_BYTES, Engine
+
+if TYPE_CHECKING:
+    from ..config import Config
+from .dedup import DedupWindow, deduplicate
+
+__all__ = ["FilesConfig", "FilesEngine", "check_data_dir", "CheckReport", "Damage"]
+
+log = logging.getLogger("herald.files")
+
+# Segments roll when the next record would take them past this size. Smaller
+# segments make retention and backup finer-grained; larger ones mean fewer files.
+DEFAULT_SEGMENT_BYTES = 256 * 1024 * 1024
+# A sparse-index entry at least every this many bytes of log (Kafka's
+# index.interval.bytes): a read from any position scans at most this much plus the
+# one batch holding the position.
+INDEX_INTERVAL_BYTES = 4096
+# Recent records kept in memory per stream so live subscribers never touch the disk.
+TAIL_CACHE_BYTES = 1024 * 1024
+# Reads at most this large run on the event loop: a pread from the page cache of
+# this size costs microseconds, less than a hop to a thread.
+INLINE_READ_BYTES = 64 * 1024
+
+_INDEX_ENTRY = struct.Struct("<QQ")
+_SEGMENT_NAME = re.compile(r"(\d{20})\.log")
+_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
+
+
+class _IdOnly(msgspec.Struct):
+    id: str | None = None
+
+
+class _IdsOnly(msgspec.Struct):
+    e: list[_IdOnly]
+
+
+_ids_decoder = msgspec.json.Decoder(_IdsOnly)
+
+
+@dataclass(frozen=True)
+class FilesConfig:
+    data_dir: Path
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+
+    def __post_init__(self) -> None:
+        if self.segment_bytes < 4096:
+            raise ValueError("storage.segment_bytes must be at least 4096")
+
+
+def _segment_name(base: int) -> str:
+    return f"{base:020d}"
+
+
+# --- the state each stream keeps --------------------------------------------------
+
+
+@dataclass
+class _Segment:
+    """A segment as readers see it: only durable bytes."""
+
+    base: int
+    path: Path
+    size: int = 0  # durable bytes
+    end: int = 0  # the position after its last durable record
+    index_pos: array = field(default_factory=lambda: array("q"))  # type: ignore[type-arg]
+    index_off: array = field(default_factory=lambda: array("q"))  # type: ignore[type-arg]
+
+
+@dataclass
+class _Writer:
+    """The active segment as the commit thread writes it. Only that thread uses it."""
+
+    seg_base: int
+    log_fd: int
+    idx_fd: int
+    size: int
+    since_index: int
+    synced_size: int = 0  # the size at the last fsync: what a failed write undoes to
+    # entries for records written but not yet fsynced: an index entry must never
+    # point at a record a crash could take back
+    unsynced_index: list[bytes] = field(default_factory=list)
+
+    def sync(self) -> None:
+        os.fdatasync(self.log_fd)
+        self.synced_size = self.size
+        if self.unsynced_index:
+            os.write(self.idx_fd, b"".join(self.unsynced_index))
+            self.unsynced_index.clear()
+
+
+@dataclass
+class _Stream:
+    name: str
+    dir: Path
+    segments: list[_Segment] = field(default_factory=list)
+    head: int = 0  # durable head: what readers may see
+    next: int = 0  # head counting accepted, not yet durable appends
+    last_time: int = 0
+    bytes: int = 0
+    tail: deque[Record] = field(default_factory=deque)
+    tail_bytes: int = 0
+    window: DedupWindow | None = None
+    window_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    changed: asyncio.Future[None] | None = None
+    damaged: CorruptRecord | None = None
+    failed: HeraldError | None = None  # a write failed and could not be undone
+    writer: _Writer | None = None
+
+    def notify(self) -> None:
+        if self.changed is not None and not self.changed.done():
+            self.changed.set_result(None)
+        self.changed = None
+
+
+@dataclass
+class _Pending:
+    stream: _Stream
+    record: bytes
+    base: int
+    count: int
+    time_us: int
+    future: asyncio.Future[None]
+
+
+@dataclass
+class _Outcome:
+    written: list[_Written] = field(default_factory=list)  # durable, in order
+    error: HeraldError | None = None  # the rest of the stream's group failed
+
+
+@dataclass
+class _Written:
+    """What the commit thread did for one record, for the loop to publish."""
+
+    seg_base: int
+    offset: int
+    indexed: bool
+
+
+# --- scanning segments (shared by recovery, reads and `herald check`) ----------------
+
+
+@dataclass
+class Damage:
+    """A damaged stretch of a segment. ``last`` is None when unknown."""
+
+    stream: str
+    segment: str
+    offset: int
+    first: int
+    last: int | None
+    reason: str
+
+    def describe(self) -> str:
+        where = f"positions {self.first}…{self.last}" if self.last is not None else (
+            f"positions from {self.first}")
+        return f"stream {self.stream}: {where} damaged ({self.reason}) in {self.segment} " \
+               f"at byte {self.offset}"
+
+
+def _pread_all(fd: int, length: int, offset: int) -> bytes:
+    data = os.pread(fd, length, offset)
+    if len(data) == length or not data:
+        return data
+    parts = [data]
+    got = len(data)
+    while got < length:
+        more = os.pread(fd, length - got, offset + got)
+        if not more:
+            break
+        parts.append(more)
+        got += len(more)
+    return b"".join(parts)
+
+
+@dataclass
+class _ScanStep:
+    record: Record | None = None
+    damage_offset: int | None = None
+    damage_reason: str = ""
+    resync_offset: int | None = None  # where a valid record follows the damage
+    torn: bool = False  # the damage is an incomplete or torn last record
+
+
+def _scan(
+    fd: int, start: int, size: int, chunk: int = READ_CHUNK_BYTES
+) -> Iterator[tuple[int, _ScanStep]]:
+    """Walk the records of a segment file from ``start`` to ``size``.
+
+    Yields (offset, step). A step is a record, or damage: then ``torn`` says whether
+    it is an unfinished last record (safe to cut), and ``resync_offset`` where the
+    scan continues if a valid record follows the damage.
+    """
+    offset = start
+    while offset < size:
+        length = min(chunk, size - offset)
+        buf = _pread_all(fd, length, offset)
+        pos = 0
+        while True:
+            try:
+                record = codec.decode_record_at(buf, pos)
+            except CorruptRecord as exc:
+                yield offset + pos, _damage_step(fd, offset + pos, size, exc.message)
+                return
+            if record is None:
+                break
+            yield offset + pos, _ScanStep(record=record)
+            pos += len(record.raw)
+        if pos == 0:
+            # Not even one record fits the chunk: a large record, or a torn one.
+            if size - offset < HEADER_SIZE:
+                yield offset, _ScanStep(damage_offset=offset, damage_reason="incomplete header",
+                                        torn=True)
+                return
+            header = _pread_all(fd, HEADER_SIZE, offset)
+            try:
+                _base, _count, _time, body_len, _crc = codec._check_header(header, 0)
+            except CorruptRecord as exc:
+                yield offset, _damage_step(fd, offset, size, exc.message)
+                return
+            need = HEADER_SIZE + body_len
+            if offset + need > size:
+                yield offset, _ScanStep(damage_offset=offset, damage_reason="incomplete record",
+                                        torn=True)
+                return
+            chunk = need
+            continue
+        offset += pos
+        chunk = READ_CHUNK_BYTES
+
+
+def _damage_step(fd: int, offset: int, size: int, reason: str) -> _ScanStep:
+    """Classify damage at ``offset``: a torn tail, or damage with data after it."""
+    step = _ScanStep(damage_offset=offset, damage_reason=reason)
+    header = _pread_all(fd, HEADER_SIZE, offset)
+    try:
+        _b, _c, _t, body_len, _crc = codec._check_header(header, 0)
+        declared_end: int | None = offset + HEADER_SIZE + body_len
+    except (CorruptRecord, struct.error):
+        declared_end = None
+    if declared_end is not None:
+        if declared_end >= size:
+            step.torn = True  # the last record, torn mid-write
+            return step
+        try:
+            following = codec.decode_record_at(_read_record_bytes(fd, declared_end, size), 0)
+        except CorruptRecord:
+            following = None
+        if following is not None:
+            step.resync_offset = declared_end
+        return step
+    # A broken header. Zeros to the end of the file are an unwritten tail (a crash
+    # after the size grew but before the data reached the disk): torn.
+    if size - offset <= (1 << 20) and not _pread_all(fd, size - offset, offset).strip(b"\0"):
+        step.torn = True
+    return step
+
+
+def _read_record_bytes(fd: int, offset: int, size: int) -> bytes:
+    header = _pread_all(fd, HEADER_SIZE, offset)
+    if len(header) < HEADER_SIZE:
+        return header
+    try:
+        _b, _c, _t, body_len, _crc = codec._check_header(header, 0)
+    except CorruptRecord:
+        return header
+    return _pread_all(fd, min(HEADER_SIZE + body_len, size - offset), offset)
+
+
+def _load_index(path: Path, log_size: int) -> tuple[array, array]:  # type: ignore[type-arg]
+    """Index entries that are plausible: increasing, and inside the log."""
+    positions: array = array("q")  # type: ignore[type-arg]
+    offsets: array = array("q")  # type: ignore[type-arg]
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return positions, offsets
+    usable = len(data) - len(data) % _INDEX_ENTRY.size
+    last_pos = last_off = -1
+    for pos, off in _INDEX_ENTRY.iter_unpack(data[:usable]):
+        if pos <= last_pos or off <= last_off or off >= log_size:
+            break
+        positions.append(pos)
+        offsets.append(off)
+        last_pos, last_off = pos, off
+    return positions, offsets
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _storage_error(exc: OSError, what: str) -> HeraldError:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return StorageFull(f"no space left on the storage device ({what}); nothing was written")
+    return ServerError(f"storage error ({what}): {exc.strerror or exc}", code="storage_error")
+
+
+# --- the engine ------------------------------------------------------------------
+
+
+class FilesEngine(Engine):
+    name = "files"
+
+    def __init__(self, config: FilesConfig, limits: Limits | None = None) -> None:
+        self.config = config
+        self.limits = limits or Limits()
+        self.root = Path(config.data_dir)
+        self._streams: dict[str, _Stream] = {}
+        self._queue: list[_Pending] = []
+        self._wakeup: asyncio.Event | None = None
+        self._committer: asyncio.Task[None] | None = None
+        self._lock_fd: int | None = None
+        self._closing = False
+
+    @classmethod
+    def from_config(cls, config: Config) -> FilesEngine:
+        return cls(FilesConfig(config.data, config.storage.segment_bytes), config.limits)
+
+    # lifecycle
+
+    async def open(self) -> None:
+        self._wakeup = asyncio.Event()
+        await asyncio.to_thread(self._open_sync)
+        self._committer = asyncio.create_task(self._commit_loop(), name="herald-files-commit")
+
+    def _open_sync(self) -> None:
+        try:
+            (self.root / "streams").mkdir(parents=True, exist_ok=True)
+            (self.root / "checkpoints").mkdir(exist_ok=True)
+            lock_fd = os.open(self.root / "herald.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StorageUnavailable(f"cannot use data directory {self.root}: {exc}") from exc
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(lock_fd)
+            raise StorageUnavailable(
+                f"data directory {self.root} is in use by another Herald process"
+            ) from exc
+        self._lock_fd = lock_fd
+        for entry in sorted((self.root / "streams").iterdir()):
+            if entry.is_dir():
+                self._streams[entry.name] = self._recover(entry.name, entry)
+
+    async def close(self) -> None:
+        if self._committer is None:
+            return
+        self._closing = True
+        assert self._wakeup is not None
+        self._wakeup.set()
+        await self._committer
+        self._committer = None
+        for stream in self._streams.values():
+            if stream.writer is not None:
+                os.close(stream.writer.log_fd)
+                os.close(stream.writer.idx_fd)
+                stream.writer = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # recovery
+
+    def _recover(self, name: str, directory: Path) -> _Stream:
+        stream = _Stream(name=name, dir=directory)
+        bases = sorted(int(m.group(1)) for p in directory.iterdir()
+                       if (m := _SEGMENT_NAME.fullmatch(p.name)))
+        expected = bases[0] if bases else 0
+        for i, base in enumerate(bases):
+            path = directory / f"{_segment_name(base)}.log"
+            size = path.stat().st_size
+            positions, offsets = _load_index(path.with_suffix(".idx"), size)
+            segment = _Segment(base=base, path=path, size=size, end=base,
+                               index_pos=positions, index_off=offsets)
+            if base != expected and stream.damaged is None:
+                stream.damaged = CorruptRecord(
+                    f"stream {name}: segment {path.name} starts at {base}, expected {expected}",
+                    stream=name, first=expected, last=base - 1)
+            if i == len(bases) - 1:
+                self._recover_tail(stream, segment)
+            else:
+                # Sealed segments were complete when the next one was created; the next
+                # segment's name is this one's end. `herald check` verifies them fully.
+                segment.end = bases[i + 1]
+            stream.segments.append(segment)
+            stream.bytes += segment.size
+            expected = segment.end
+        stream.head = stream.next = expected
+        if stream.segments:
+            stream.last_time = self._last_time(stream)
+        return stream
+
+    def _recover_tail(self, stream: _Stream, segment: _Segment) -> None:
+        """Scan the last segment from its last index entry; cut a torn tail."""
+        if segment.index_pos:
+            start_off = segment.index_off[-1]
+            position = segment.index_pos[-1]
+        else:
+            start_off, position = 0, segment.base
+        fd = os.open(segment.path, os.O_RDWR)
+        try:
+            # Entries after the re-scan point are re-derived by the scan below.
+            new_pos: list[int] = []
+            new_off: list[int] = []
+            since = INDEX_INTERVAL_BYTES  # forces an entry at the scan start
+            good_end = start_off
+            for offset, step in _scan(fd, start_off, segment.size):
+                if step.record is not None:
+                    record = step.record
+                    if record.base != position:
+                        step = _ScanStep(
+                            damage_offset=offset,
+                            damage_reason=f"record base {record.base}, expected {position}")
+                    else:
+                        if since >= INDEX_INTERVAL_BYTES:
+                            new_pos.append(record.base)
+                            new_off.append(offset)
+                            since = 0
+                        since += len(record.raw)
+                        position = record.end
+                        good_end = offset + len(record.raw)
+                        continue
+                if step.torn:
+                    log.warning("stream %s: cut a torn tail of %d bytes at position %d (%s)",
+                                stream.name, segment.size - offset, position, step.damage_reason)
+                    os.ftruncate(fd, offset)
+                    os.fsync(fd)
+                    segment.size = offset
+                else:
+                    stream.damaged = CorruptRecord(
+                        f"stream {stream.name}: damaged record at position {position} in "
+                        f"{segment.path.name} ({step.damage_reason}); appends are refused "
+                        f"until `herald check --data DIR` is run and the damage dealt with",
+                        stream=stream.name, first=position)
+                    log.error("%s", stream.damaged.message)
+                    segment.size = good_end if step.torn else segment.size
+                break
+            # Rewrite the index tail: keep entries before the scan start, add the rest.
+            keep = bisect.bisect_left(segment.index_off, start_off)
+            del segment.index_pos[keep:]
+            del segment.index_off[keep:]
+            segment.index_pos.extend(new_pos)
+            segment.index_off.extend(new_off)
+            idx_bytes = b"".join(_INDEX_ENTRY.pack(p, o) for p, o in
+                                 zip(segment.index_pos, segment.index_off, strict=True))
+            segment.path.with_suffix(".idx").write_bytes(idx_bytes)
+        finally:
+            os.close(fd)
+        segment.end = position
+        if stream.damaged is not None:
+            segment.size = good_end
+
+    def _last_time(self, stream: _Stream) -> int:
+        """The time of the last durable record (times never go backwards)."""
+        for segment in reversed(stream.segments):
+            if segment.end == segment.base or not segment.index_off:
+                continue
+            fd = os.open(segment.path, os.O_RDONLY)
+            try:
+                last_time = 0
+                for _offset, step in _scan(fd, segment.index_off[-1], segment.size):
+                    if step.record is None:
+                        break
+                    last_time = step.record.time_us
+                return last_time
+            finally:
+                os.close(fd)
+        return 0
+
+    # appends
+
+    def _stream(self, name: str) -> _Stream:
+        stream = self._streams.get(name)
+        if stream is None:
+            validate_stream_name(name)
+            stream = _Stream(name=name, dir=self.root / "streams" / name)
+            self._streams[name] = stream
+        return stream
+
+    async def append(
+        self, stream: str, batch: Batch, expected_head: int | None = None
+    ) -> AppendResult:
+        if self._committer is None or self._closing:
+            raise StorageUnavailable("the files engine is not open")
+        if not batch.events:
+            raise InvalidRequest("a batch needs at least one event", code="empty_batch")
+        st = self._stream(stream)
+        if st.window is None:
+            await self._load_window(st)
+        window = st.window
+        assert window is not None
+        if st.damaged is not None:
+            raise st.damaged
+        if st.failed is not None:
+            raise st.failed
+
+        # From here to the queueing there is no await: the checks, the positions and
+        # the dedup window change together, as one step of the event loop.
+        supplied = batch.supplied_ids()
+        duplicates: list[Duplicate] = []
+        if supplied:
+            batch, supplied, duplicates = deduplicate(window, batch, supplied)
+            if not batch.events:
+                # Every event is already in the stream: a retried append. Answer as
+                # the first attempt was answered, once those events are durable.
+                last = max(d.position for d in duplicates)
+                while st.head <= last:
+                    await self.wait(stream, last, 1.0)
+                return AppendResult(first=duplicates[0].position, head=last + 1, appended=0,
+                                    duplicates=duplicates)
+        if expected_head is not None and expected_head != st.next:
+            raise ExpectedHeadMismatch(
+                f"stream {stream} has head {st.next}, not the expected {expected_head}",
+                head=st.next, expected=expected_head)
+
+        base = st.next
+        count = len(batch.events)
+        time_us = max(now_us(), st.last_time)  # a clock that jumps back reorders nothing
+        record = codec.encode_record(base, count, time_us,
+                                     codec.encode_batch(batch, new_id_prefix()))
+        st.next = base + count
+        st.last_time = time_us
+        window.add(base, base + count, [(event_id, base + i) for i, event_id in supplied])
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(st, record, base, count, time_us, future))
+        assert self._wakeup is not None
+        self._wakeup.set()
+        # The append happens whether or not the caller stays to hear about it.
+        await asyncio.shield(future)
+        return AppendResult(first=base, head=base + count, appended=count, duplicates=duplicates)
+
+    async def _load_window(self, st: _Stream) -> None:
+        async with st.window_lock:
+            if st.window is not None:
+                return
+            start = max(0, st.head - self.limits.dedup_window)
+            batches = await asyncio.to_thread(self._read_ids, st, start, st.head)
+            window = DedupWindow(self.limits.dedup_window)
+            for first, end, ids in batches:
+                window.add(first, end, ids)
+            st.window = window
+
+    def _read_ids(
+        self, st: _Stream, start: int, stop: int
+    ) -> list[tuple[int, int, list[tuple[str, int]]]]:
+        """The supplied ids of the records holding positions ``start`` … ``stop``."""
+        batches: list[tuple[int, int, list[tuple[str, int]]]] = []
+        position = start
+        while position < stop:
+            records = self._read_sync(st, position, READ_CHUNK_BYTES * 8, stop)
+            if not records:
+                break
+            for record in records:
+                try:
+                    events = _ids_decoder.decode(record.body).e
+                except msgspec.MsgspecError as exc:
+                    raise CorruptRecord(f"stream {st.name}: record at {record.base} does not "
+                                        f"decode", stream=st.name, first=record.base) from exc
+                ids = [(e.id, record.base + i) for i, e in enumerate(events) if e.id is not None]
+                batches.append((record.base, record.end, ids))
+            position = records[-1].end
+        return batches
+
+    # the commit loop: group commit
+
+    async def _commit_loop(self) -> None:
+        assert self._wakeup is not None
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            if not self._queue:
+                if self._closing:
+                    return
+                continue
+            group, self._queue = self._queue, []
+            try:
+                outcome = await asyncio.to_thread(self._write_group, group)
+            except BaseException as exc:  # a bug, or cancellation: fail, don't hang
+                for pending in group:
+                    if not pending.future.done():
+                        pending.future.set_exception(
+                            ServerError(f"commit failed: {exc!r}", code="storage_error"))
+                if isinstance(exc, asyncio.CancelledError):
+                    raise
+                log.exception("commit failed")
+                continue
+            self._publish(group, outcome)
+            if self._closing and not self._queue:
+                return
+
+    def _write_group(self, group: list[_Pending]) -> dict[str, _Outcome]:
+        """In the commit thread: write and fsync every stream of the group once."""
+        by_stream: dict[str, list[_Pending]] = {}
+        for pending in group:
+            by_stream.setdefault(pending.stream.name, []).append(pending)
+        outcome: dict[str, _Outcome] = {}
+        for name, items in by_stream.items():
+            st = items[0].stream
+            result = outcome[name] = _Outcome()
+            unsynced: list[_Written] = []
+            try:
+                for pending in items:
+                    if self._needs_roll(st, len(pending.record)):
+                        self._roll(st, pending.base)  # fsyncs what came before
+                        result.written += unsynced
+                        unsynced = []
+                    unsynced.append(self._write_record(st, pending))
+                assert st.writer is not None
+                # The index itself is never fsynced: recovery re-derives what a crash lost.
+                st.writer.sync()
+                result.written += unsynced
+            except OSError as exc:
+                result.error = self._undo(st, exc)
+        return outcome
+
+    def _needs_roll(self, st: _Stream, size: int) -> bool:
+        writer = st.writer
+        return (writer is not None and writer.size > 0
+                and writer.size + size > self.config.segment_bytes)
+
+    def _roll(self, st: _Stream, base: int) -> None:
+        """Seal the active segment and start the next one at ``base``.
+
+        The sealed segment is made whole and durable before the next one exists, so a
+        crash from here on leaves every sealed segment complete.
+        """
+        writer = st.writer
+        assert writer is not None
+        writer.sync()
+        os.close(writer.log_fd)
+        os.close(writer.idx_fd)
+        st.writer = None
+        st.writer = self._create_segment(st, base)
+
+    def _write_record(self, st: _Stream, pending: _Pending) -> _Written:
+        writer = st.writer
+        record = pending.record
+        if writer is None:
+            writer = st.writer = self._open_writer(st, pending.base)
+        offset = writer.size
+        view = memoryview(record)
+        done = 0
+        while done < len(record):
+            done += os.pwrite(writer.log_fd, view[done:], offset + done)
+        writer.size += len(record)
+        indexed = writer.since_index >= INDEX_INTERVAL_BYTES or offset == 0
+        if indexed:
+            writer.since_index = 0
+            writer.unsynced_index.append(_INDEX_ENTRY.pack(pending.base, offset))
+        writer.since_index += len(record)
+        return _Written(seg_base=writer.seg_base, offset=offset, indexed=indexed)
+
+    def _open_writer(self, st: _Stream, base: int) -> _Writer:
+        if not st.segments:
+            st.dir.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(st.dir.parent)
+            return self._create_segment(st, base)
+        last = st.segments[-1]
+        log_fd = os.open(last.path, os.O_WRONLY)
+        idx_fd = os.open(last.path.with_suffix(".idx"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                         0o644)
+        since = INDEX_INTERVAL_BYTES
+        if last.index_off:
+            since = last.size - last.index_off[-1]
+        return _Writer(last.base, log_fd, idx_fd, last.size, since, synced_size=last.size)
+
+    def _create_segment(self, st: _Stream, base: int) -> _Writer:
+        path = st.dir / f"{_segment_name(base)}.log"
+        log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        idx_fd = os.open(path.with_suffix(".idx"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        _fsync_dir(st.dir)
+        return _Writer(base, log_fd, idx_fd, 0, INDEX_INTERVAL_BYTES)
+
+    def _undo(self, st: _Stream, exc: OSError) -> HeraldError:
+        """A write or fsync failed: cut the active segment back to its last fsync."""
+        error = _storage_error(exc, f"stream {st.name}")
+        log.error("append to stream %s failed: %s", st.name, exc)
+        writer = st.writer
+        if writer is None:
+            return error
+        try:
+            os.ftruncate(writer.log_fd, writer.synced_size)
+            os.fsync(writer.log_fd)
+            writer.size = writer.synced_size
+            writer.unsynced_index.clear()
+            writer.since_index = INDEX_INTERVAL_BYTES
+        except OSError as undo_exc:
+            log.error("stream %s: could not undo a failed write (%s); appends to it are "
+                      "refused until restart", st.name, undo_exc)
+            st.failed = ServerError(
+                f"stream {st.name} had a write failure that could not be undone; restart "
+                f"Herald to recover it", code="storage_error")
+        return error
+
+    def _publish(self, group: list[_Pending], outcome: dict[str, _Outcome]) -> None:
+        """On the loop: make what the commit wrote visible, answer the appenders."""
+        cursor: dict[str, int] = {}
+        for pending in group:
+            st = pending.stream
+            result = outcome[st.name]
+            n = cursor.get(st.name, 0)
+            if n >= len(result.written):
+                continue  # not durable: failed below
+            written = result.written[n]
+            cursor[st.name] = n + 1
+            if not st.segments or st.segments[-1].base != written.seg_base:
+                st.segments.append(_Segment(base=written.seg_base, end=written.seg_base,
+                                            path=st.dir / f"{_segment_name(written.seg_base)}.log"))
+            segment = st.segments[-1]
+            if written.indexed:
+                segment.index_pos.append(pending.base)
+                segment.index_off.append(written.offset)
+            size = len(pending.record)
+            segment.size = written.offset + size
+            segment.end = pending.base + pending.count
+            st.head = segment.end
+            st.bytes += size
+            st.tail.append(Record(pending.base, pending.count, pending.time_us, pending.record))
+            st.tail_bytes += size
+            while st.tail_bytes > TAIL_CACHE_BYTES and len(st.tail) > 1:
+                st.tail_bytes -= len(st.tail.popleft().raw)
+            if not pending.future.done():
+                pending.future.set_result(None)
+        for name, result in outcome.items():
+            st = self._streams[name]
+            if result.written:
+                st.notify()
+            if result.error is not None:
+                self._fail_stream(st, group, result.error)
+
+    def _fail_stream(self, st: _Stream, group: list[_Pending], error: HeraldError) -> None:
+        """Fail the group's appends to ``st`` and those queued behind them: their
+        positions were given on the assumption that the failed ones would land."""
+        doomed = [p for p in group if p.stream is st and p.base >= st.head]
+        doomed += [p for p in self._queue if p.stream is st]
+        self._queue = [p for p in self._queue if p.stream is not st]
+        for pending in doomed:
+            if not pending.future.done():
+                pending.future.set_exception(error)
+        st.next = st.head
+        if st.window is not None:
+            st.window.forget_from(st.head)
+
+    # reads
+
+    async def read(
+        self, stream: str, start: int, max_bytes: int = READ_CHUNK_BYTES
+    ) -> list[Record]:
+        st = self._streams.get(stream)
+        if st is None:
+            validate_stream_name(stream)
+            return []
+        if start >= st.head:
+            return []
+        # Live subscribers: the recent records are in memory.
+        if st.tail and st.tail[0].base <= start:
+            return self._from_tail(st, start, max_bytes)
+        segment = self._segment_for(st, start)
+        if segment is None:
+            return []
+        span = segment.size - self._index_offset(segment, start)
+        if span <= INLINE_READ_BYTES:
+            return self._read_sync(st, start, max_bytes, st.head)
+        return await asyncio.to_thread(self._read_sync, st, start, max_bytes, st.head)
+
+    @staticmethod
+    def _from_tail(st: _Stream, start: int, max_bytes: int) -> list[Record]:
+        tail = st.tail
+        # records are in position order; find the one holding `start`
+        lo, hi = 0, len(tail)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if tail[mid].end <= start:
+                lo = mid + 1
+            else:
+                hi = mid
+        out: list[Record] = []
+        total = 0
+        for i in range(lo, len(tail)):
+            record = tail[i]
+            if out and total + len(record.raw) > max_bytes:
+                break
+            out.append(record)
+            total += len(record.raw)
+        return out
+
+    @staticmethod
+    def _segment_for(st: _Stream, position: int) -> _Segment | None:
+        segments = st.segments
+        lo, hi = 0, len(segments)
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if segments[mid].base <= position:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo == 0:
+            return None
+        segment = segments[lo - 1]
+        # An empty segment left by a crash during a roll holds nothing.
+        while segment.end <= position and lo < len(segments):
+            segment = segments[lo]
+            lo += 1
+        return segment
+
+    @staticmethod
+    def _index_offset(segment: _Segment, position: int) -> int:
+        i = bisect.bisect_right(segment.index_pos, position)
+        return segment.index_off[i - 1] if i else 0
+
+    def _read_sync(self, st: _Stream, start: int, max_bytes: int, stop: int) -> list[Record]:
+        """Records from the segment holding ``start``, up to ``max_bytes`` and ``stop``."""
+        segment = self._segment_for(st, start)
+        if segment is None:
+            return []
+        i = bisect.bisect_right(segment.index_pos, start)
+        offset = segment.index_off[i - 1] if i else 0
+        position = segment.index_pos[i - 1] if i else segment.base
+        size = segment.size  # durable bytes only
+        out: list[Record] = []
+        total = 0
+        fd = os.open(segment.path, os.O_RDONLY)
+        try:
+            for at, step in _scan(fd, offset, size, chunk=max(max_bytes, INDEX_INTERVAL_BYTES)):
+                record = step.record
+                if record is None or record.base != position:
+                    raise self._damage_error(st, segment, at, position, start, step)
+                position = record.end
+                if record.end <= start:
+                    continue
+                if record.base >= stop or (out and total + len(record.raw) > max_bytes):
+                    break
+                out.append(record)
+                total += len(record.raw)
+        except OSError as exc:
+            raise _storage_error(exc, f"reading stream {st.name}") from exc
+        finally:
+            os.close(fd)
+        return out
+
+    @staticmethod
+    def _damage_error(st: _Stream, segment: _Segment, offset: int, first: int, start: int,
+                      step: _ScanStep) -> CorruptRecord:
+        i = bisect.bisect_right(segment.index_off, offset)
+        last = segment.index_pos[i] - 1 if i < len(segment.index_pos) else segment.end - 1
+        reason = step.damage_reason or "record out of sequence"
+        return CorruptRecord(
+            f"stream {st.name}: positions {first}…{last} are damaged ({reason}); they "
+            f"are not served. Reads from position {last + 1} on still work.",
+            stream=st.name, first=first, last=last)
+
+    # heads, waiting, listing
+
+    async def head(self, stream: str) -> int:
+        st = self._streams.get(stream)
+        return st.head if st is not None else 0
+
+    async def wait(self, stream: str, position: int, timeout: float) -> int:
+        st = self._stream(stream)
+        if st.head > position:
+            return st.head
+        if st.changed is None:
+            st.changed = asyncio.get_running_loop().create_future()
+        try:
+            await asyncio.wait_for(asyncio.shield(st.changed), timeout)
+        except TimeoutError:
+            pass
+        return st.head
+
+    async def streams(self) -> list[StreamInfo]:
+        return [StreamInfo(name=s.name, head=s.head, bytes=s.bytes)
+                for name, s in sorted(self._streams.items()) if s.head > 0]
+
+    async def stream(self, stream: str) -> StreamInfo | None:
+        validate_stream_name(stream)
+        st = self._streams.get(stream)
+        if st is None or st.head == 0:
+            return None
+        return StreamInfo(name=st.name, head=st.head, bytes=st.bytes)
+
+    # checkpoints
+
+    def _checkpoint_path(self, name: str) -> Path:
+        if not _CHECKPOINT_NAME.fullmatch(name) or name.startswith("."):
+            raise InvalidRequest(f"invalid checkpoint name {name!r}", code="invalid_parameter")
+        return self.root / "checkpoints" / name
+
+    async def get_checkpoint(self, name: str) -> int | None:
+        path = self._checkpoint_path(name)
+        try:
+            return int(path.read_text())
+        except FileNotFoundError:
+            return None
+
+    async def set_checkpoint(self, name: str, value: int) -> None:
+        path = self._checkpoint_path(name)
+
+        def write() -> None:
+            tmp = path.with_name(path.name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            try:
+                os.write(fd, str(value).encode())
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            _fsync_dir(path.parent)
+
+        try:
+            await asyncio.to_thread(write)
+        except OSError as exc:
+            raise _storage_error(exc, f"checkpoint {name}") from exc
+
+
+# --- herald check -----------------------------------------------------------------
+
+
+@dataclass
+class CheckReport:
+    streams: int = 0
+    segments: int = 0
+    records: int = 0
+    events: int = 0
+    bytes: int = 0
+    damage: list[Damage] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+    index_problems: list[str] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.damage and not self.index_problems
+
+
+def check_data_dir(
+    data_dir: Path, repair: bool = False, progress: Callable[[int, int], None] | None = None
+) -> CheckReport:
+    """Verify every record's CRC and sequence, and every index entry.
+
+    With ``repair``, cut a torn tail of a stream's last segment and rewrite indexes;
+    damage in the middle of a stream is only reported. ``progress(done, total)`` is
+    called with bytes checked. Must not run against a data directory in use when
+    repairing (the lock is taken).
+    """
+    report = CheckReport()
+    streams_dir = Path(data_dir) / "streams"
+    if not streams_dir.is_dir():
+        raise StorageUnavailable(f"{data_dir} is not a Herald data directory (no streams/)")
+    lock_fd = None
+    if repair:
+        lock_fd = os.open(Path(data_dir) / "herald.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(lock_fd)
+            raise StorageUnavailable(
+                f"{data_dir} is in use by a running Herald; stop it before --repair") from exc
+    try:
+        segments_by_stream: list[tuple[str, list[Path]]] = []
+        total = 0
+        for directory in sorted(p for p in streams_dir.iterdir() if p.is_dir()):
+            paths = sorted(p for p in directory.iterdir() if _SEGMENT_NAME.fullmatch(p.name))
+            segments_by_stream.append((directory.name, paths))
+            total += sum(p.stat().st_size for p in paths)
+        done = 0
+
+        def step(offset: int) -> None:
+            if progress is not None:
+                progress(done + offset, total)
+
+        for name, paths in segments_by_stream:
+            report.streams += 1
+            expected: int | None = None
+            for i, path in enumerate(paths):
+                report.segments += 1
+                last_segment = i == len(paths) - 1
+                expected, checked = _check_segment(name, path, expected, last_segment, repair,
+                                                   report, step)
+                done += checked
+                step(0)
+    finally:
+        if lock_fd is not None:
+            os.close(lock_fd)
+    return report
+
+
+def _check_segment(
+    stream: str, path: Path, expected: int | None, last_segment: bool, repair: bool,
+    report: CheckReport, progress: Callable[[int], object],
+) -> tuple[int | None, int]:
+    base = int(path.stem)
+    if expected is not None and base != expected:
+        report.damage.append(Damage(stream, path.name, 0, expected, base - 1,
+                                    f"segment starts at {base}, expected {expected}"))
+    size = path.stat().st_size
+    position = base
+    rebuilt: list[tuple[int, int]] = []
+    since = INDEX_INTERVAL_BYTES
+    record_at: dict[int, int] = {}
+    fd = os.open(path, os.O_RDWR if repair else os.O_RDONLY)
+    try:
+        offset = 0
+        while offset < size:
+            stopped = True
+            for at, step in _scan(fd, offset, size):
+                record = step.record
+                if record is not None and record.base == position:
+                    record_at[at] = record.base
+                    if since >= INDEX_INTERVAL_BYTES:
+                        rebuilt.append((record.base, at))
+                        since = 0
+                    since += len(record.raw)
+                    report.records += 1
+                    report.events += record.count
+                    report.bytes += len(record.raw)
+                    position = record.end
+                    offset = at + len(record.raw)
+                    progress(offset)
+                    continue
+                reason = step.damage_reason or f"record base {record.base if record else '?'}, " \
+                                               f"expected {position}"
+                if step.torn and last_segment:
+                    if repair:
+                        os.ftruncate(fd, at)
+                        os.fsync(fd)
+                        report.repaired.append(
+                            f"stream {stream}: cut a torn tail of {size - at} bytes at position "
+                            f"{position} in {path.name}")
+                        size = at
+                    else:
+                        report.damage.append(Damage(stream, path.name, at, position, None,
+                                                    f"torn tail: {reason} (--repair cuts it)"))
+                    offset = size
+                    break
+                resync = step.resync_offset
+                following = None
+                if resync is not None:
+                    following = codec.decode_record_at(_read_record_bytes(fd, resync, size), 0)
+                last = following.base - 1 if following is not None else None
+                report.damage.append(Damage(stream, path.name, at, position, last, reason))
+                if following is None or resync is None:
+                    offset = size
+                    break
+                position = following.base
+                offset = resync
+                stopped = False
+                break
+            else:
+                offset = size
+            if stopped:
+                break
+    finally:
+        os.close(fd)
+    _check_index(stream, path, record_at, rebuilt, repair, report)
+    return position, size
+
+
+def _check_index(stream: str, path: Path, record_at: dict[int, int],
+                 rebuilt: list[tuple[int, int]], repair: bool, report: CheckReport) -> None:
+    idx = path.with_suffix(".idx")
+    try:
+        data = idx.read_bytes()
+    except FileNotFoundError:
+        data = b""
+    entries = list(_INDEX_ENTRY.iter_unpack(data[: len(data) - len(data) % _INDEX_ENTRY.size]))
+    bad = [(p, o) for p, o in entries if record_at.get(o) != p]
+    if bad or len(data) % _INDEX_ENTRY.size:
+        if repair:
+            idx.write_bytes(b"".join(_INDEX_ENTRY.pack(p, o) for p, o in rebuilt))
+            report.repaired.append(f"stream {stream}: rewrote index {idx.name}")
+        else:
+            report.index_problems.append(
+                f"stream {stream}: index {idx.name} has {len(bad)} entries that do not point at "
+                f"a record (--repair rewrites it)")
