@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -35,7 +35,14 @@ from .errors import (
     TransportError,
     error_from_wire,
 )
-from .model import AppendResult, Event, StreamInfo, id_suffixes, time_from_us
+from .model import (
+    AppendResult,
+    Event,
+    StreamInfo,
+    id_suffixes,
+    time_from_us,
+    validate_stream_name,
+)
 
 __all__ = ["AsyncClient", "Client", "AsyncSubscription", "Subscription", "ReadResult"]
 
@@ -202,15 +209,14 @@ class AsyncClient:
         optionally ``id`` and ``meta``, or the batch already encoded as JSON bytes."""
         body = events if isinstance(events, bytes) else _encoder.encode(list(events))
         params = {"expected_head": str(expected_head)} if expected_head is not None else None
-        answer = await self._request("POST", f"/v1/streams/{stream}/events", params=params,
+        answer = await self._request("POST", _events_path(stream), params=params,
                                      data=body, headers={"Content-Type": "application/json"})
         return msgspec.json.decode(answer, type=AppendResult)
 
     async def read(self, stream: str, start: int = 0, limit: int = 1000) -> ReadResult:
         """Up to ``limit`` events from position ``start``."""
         answer = await self._request(
-            "GET", f"/v1/streams/{stream}/events",
-            params={"from": str(start), "limit": str(limit)})
+            "GET", _events_path(stream), params={"from": str(start), "limit": str(limit)})
         try:
             page = _page_decoder.decode(answer)
         except msgspec.MsgspecError as exc:
@@ -222,7 +228,7 @@ class AsyncClient:
         return msgspec.json.decode(answer, type=_Streams).streams
 
     async def stream(self, stream: str) -> StreamInfo:
-        answer = await self._request("GET", f"/v1/streams/{stream}")
+        answer = await self._request("GET", f"/v1/streams/{validate_stream_name(stream)}")
         return msgspec.json.decode(answer, type=StreamInfo)
 
     def subscribe(
@@ -233,7 +239,14 @@ class AsyncClient:
 
         Use ``async with client.subscribe(…) as sub: async for event in sub``.
         """
+        validate_stream_name(stream)
         return AsyncSubscription(self, stream, start, follow=follow, heartbeat=heartbeat)
+
+
+def _events_path(stream: str) -> str:
+    # Checked here, not only by the server: the name goes into the URL, where "..",
+    # "/" or "?" would change which resource is asked for (a valid name needs no quoting).
+    return f"/v1/streams/{validate_stream_name(stream)}/events"
 
 
 def _error(status: int, body: bytes) -> HeraldError:
@@ -266,15 +279,24 @@ class AsyncSubscription:
                  heartbeat: float | None) -> None:
         self._client = client
         self.stream = stream
-        self.position = start
+        self._next = start  # the position after the last event received
         self.head: int | None = None
         self._follow = follow
         self._heartbeat = heartbeat
-        self._batches: AsyncIterator[list[Event]] | None = None
+        self._batches: AsyncGenerator[list[Event], None] | None = None
         self._buffer: list[Event] = []
         self._index = 0
         self._response: aiohttp.ClientResponse | None = None
         self._closed = False
+
+    @property
+    def position(self) -> int:
+        """The position of the next event this subscription delivers: saved after an
+        event, ``subscribe(start=position)`` resumes with no gap and no duplicate, also
+        in the middle of a batch."""
+        if self._index < len(self._buffer):
+            return self._buffer[self._index].position
+        return self._next
 
     async def __aenter__(self) -> AsyncSubscription:
         return self
@@ -312,13 +334,15 @@ class AsyncSubscription:
     async def close(self) -> None:
         self._closed = True
         if self._response is not None:
-            self._response.close()
+            _abandon(self._response)
             self._response = None
-        if self._batches is not None:
-            await self._batches.aclose()  # type: ignore[attr-defined]
-            self._batches = None
+        batches, self._batches = self._batches, None
+        # Closed from another task while the iterating one waits inside the generator,
+        # it cannot be closed from here; the closed response (or ``_closed``) ends it.
+        if batches is not None and not getattr(batches, "ag_running", False):
+            await batches.aclose()
 
-    async def _run(self) -> AsyncIterator[list[Event]]:
+    async def _run(self) -> AsyncGenerator[list[Event], None]:
         delay = RECONNECT_INITIAL_SECONDS
         while not self._closed:
             try:
@@ -335,7 +359,7 @@ class AsyncSubscription:
 
     async def _connection(self) -> AsyncIterator[list[Event]]:
         client = self._client
-        params = {"from": str(self.position), "follow": "true" if self._follow else "false"}
+        params = {"from": str(self._next), "follow": "true" if self._follow else "false"}
         if self._heartbeat is not None:
             params["heartbeat"] = str(self._heartbeat)
         # TLS already guarantees integrity in transit and the server checked every CRC
@@ -349,6 +373,8 @@ class AsyncSubscription:
             raise _transport_error(exc, client.url) from exc
         self._response = response
         try:
+            if self._closed:  # closed while connecting
+                return
             if response.status >= 400:
                 raise _error(response.status, await response.read())
             while True:
@@ -370,16 +396,27 @@ class AsyncSubscription:
                     if record.count == 0:
                         self.head = record.base
                         continue
-                    if record.end <= self.position:
+                    if record.end <= self._next:
                         continue
-                    events += events_from_record(record, self.position)
-                    self.position = record.end
-                    if self.head is not None and self.head < self.position:
-                        self.head = self.position
+                    events += events_from_record(record, self._next)
+                    self._next = record.end
+                    if self.head is not None and self.head < self._next:
+                        self.head = self._next
                 yield events
         finally:
-            response.close()
+            _abandon(response)
             self._response = None
+
+
+def _abandon(response: aiohttp.ClientResponse) -> None:
+    """Close a response that may be in the middle of its stream, without the TLS
+    goodbye: a graceful TLS close needs more turns of the event loop, and one still
+    pending when the loop ends leaks its socket (CPython gh-118950, before 3.12.8).
+    aiohttp aborts TLS connections when a session closes, for the same reason."""
+    connection = response.connection
+    if connection is not None and connection.protocol is not None:
+        connection.protocol.abort()
+    response.close()
 
 
 # --- the blocking client ------------------------------------------------------------
@@ -454,6 +491,9 @@ class Subscription:
 
     @property
     def position(self) -> int:
+        """The position of the next event this subscription delivers."""
+        if self._index < len(self._buffer):
+            return self._buffer[self._index].position
         return self._sub.position
 
     @property

@@ -202,7 +202,9 @@ def decode_batch(body: bytes | memoryview) -> StoredBatch:
     """A record body's events. Raises CorruptRecord if it is not a body."""
     try:
         return _batch_decoder.decode(body)
-    except msgspec.MsgspecError as exc:
+    # msgspec raises UnicodeDecodeError for invalid UTF-8 in a string it builds and
+    # RecursionError for deep nesting; neither is a MsgspecError.
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptRecord(f"record body does not decode: {exc}") from exc
 
 
@@ -217,12 +219,23 @@ def decode_append(body: bytes, limits: Limits) -> Batch:
             f"batch is {len(body)} bytes; the limit is {limits.max_batch_bytes}",
             code="batch_too_large", limit=limits.max_batch_bytes,
         )
+    # JSON is UTF-8 (RFC 8259 §8.1), but msgspec checks it only in the strings it
+    # builds, not inside ``Raw`` data: invalid UTF-8 there would be stored and then
+    # fail every reader. ``isascii`` is a fast scan that spares ASCII bodies the decode.
+    if not body.isascii():
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise InvalidRequest(f"body is not valid UTF-8 (byte {exc.start})",
+                                 code="invalid_json") from exc
     try:
         events = _append_decoder.decode(body)
     except msgspec.ValidationError as exc:
         raise InvalidRequest(f"invalid event: {exc}", code="invalid_event") from exc
     except msgspec.DecodeError as exc:
         raise InvalidRequest(f"body is not valid JSON: {exc}", code="invalid_json") from exc
+    except RecursionError as exc:  # msgspec's guard against deep nesting
+        raise InvalidRequest("body is nested too deeply", code="invalid_json") from exc
     if not events:
         raise EmptyBatch("a batch needs at least one event")
     if len(events) > limits.max_batch_events:

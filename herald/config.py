@@ -71,6 +71,12 @@ class StorageConfig:
     dsn: str | None = None
     segment_bytes: int = 256 * 1024 * 1024
 
+    def __post_init__(self) -> None:
+        # Checked here too (not only by the files engine) so a bad value is a
+        # ConfigError naming the key, not a traceback from inside the engine.
+        if self.segment_bytes < 4096:
+            raise ValueError("storage.segment_bytes must be at least 4096")
+
 
 @dataclass(frozen=True)
 class Config:
@@ -114,7 +120,10 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
     if hint is int:
         if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-            return int(value)
+            try:
+                return int(value)
+            except ValueError:  # "--5", or "²": a digit to isdigit(), not to int()
+                pass
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         raise ConfigError(f"{key}: expected an integer, got {value!r}")
@@ -172,10 +181,16 @@ def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         tables["data"] = str(Path(environ["HERALD_DATA"]).absolute())
     for section, cls in _SECTIONS.items():
         prefix = f"HERALD_{section.upper()}_"
+        hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             name = prefix + f.name.upper()
             if name in environ:
-                tables.setdefault(section, {})[f.name] = environ[name]
+                value = environ[name]
+                if Path in (hints[f.name], *typing.get_args(hints[f.name])) and value:
+                    # relative to the working directory, like HERALD_DATA: only paths
+                    # written in the file are relative to the file
+                    value = str(Path(value).absolute())
+                tables.setdefault(section, {})[f.name] = value
     return tables
 
 

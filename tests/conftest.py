@@ -44,9 +44,12 @@ class ServerProcess:
 
     data: Path
     args: list[str] = field(default_factory=list)
+    # extra environment variables, e.g. HERALD_LIMITS_MAX_EVENT_BYTES
+    env: dict[str, str] = field(default_factory=dict)
     url: str = ""
     process: subprocess.Popen[bytes] | None = None
     output: list[str] = field(default_factory=list)
+    _drainer: threading.Thread | None = None
 
     @property
     def token(self) -> str:
@@ -62,6 +65,7 @@ class ServerProcess:
             [sys.executable, "-m", "herald.cli", "serve", "--data", str(self.data),
              "--listen", listen, *self.args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, **self.env},
         )
         assert self.process.stdout is not None
         deadline = time.monotonic() + timeout
@@ -73,7 +77,8 @@ class ServerProcess:
             match = re.search(r"listening on (https://\S+)", line)
             if match:
                 self.url = match.group(1)
-                threading.Thread(target=self._drain, daemon=True).start()
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
                 return self
         raise RuntimeError("herald serve did not start:\n" + "".join(self.output))
 
@@ -93,15 +98,26 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait()
-        self.process = None
+        self._release()
         return code
+
+    def _release(self) -> None:
+        """Let the output drainer reach EOF, then close the pipe (no ResourceWarning)."""
+        if self.process is None:
+            return
+        if self._drainer is not None:
+            self._drainer.join(10)
+            self._drainer = None
+        if self.process.stdout is not None:
+            self.process.stdout.close()
+        self.process = None
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush, the crash the engine must survive."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
-            self.process = None
+            self._release()
 
     @property
     def port(self) -> int:
@@ -119,8 +135,10 @@ def server_factory(tmp_path: Path) -> Iterator[type[ServerProcess]]:
     started: list[ServerProcess] = []
 
     class Factory(ServerProcess):
-        def __init__(self, data: Path | None = None, args: list[str] | None = None) -> None:
-            super().__init__(data=data or tmp_path / f"data{len(started)}", args=args or [])
+        def __init__(self, data: Path | None = None, args: list[str] | None = None,
+                     env: dict[str, str] | None = None) -> None:
+            super().__init__(data=data or tmp_path / f"data{len(started)}", args=args or [],
+                             env=env or {})
             started.append(self)
 
     yield Factory

@@ -287,8 +287,12 @@ def _scan(
                 return
             need = HEADER_SIZE + body_len
             if offset + need > size:
-                yield offset, _ScanStep(damage_offset=offset, damage_reason="incomplete record",
-                                        torn=True)
+                # A torn write leaves nothing valid after it; a flipped length bit does.
+                later = _next_record(fd, offset + 1, size)
+                yield offset, _ScanStep(
+                    damage_offset=offset, torn=later is None, resync_offset=later,
+                    damage_reason="incomplete record" if later is None else
+                    "record length runs past the end of the segment")
                 return
             chunk = need
             continue
@@ -315,10 +319,16 @@ def _damage_step(fd: int, offset: int, size: int, reason: str) -> _ScanStep:
             following = None
         if following is not None:
             step.resync_offset = declared_end
+        elif size - declared_end <= (1 << 20) and not _pread_all(
+                fd, size - declared_end, declared_end).strip(b"\0"):
+            # Zeros after it: the writes that followed never reached the disk either.
+            step.torn = True
         return step
     # A broken header. Zeros to the end of the file are an unwritten tail (a crash
-    # after the size grew but before the data reached the disk): torn.
-    if size - offset <= (1 << 20) and not _pread_all(fd, size - offset, offset).strip(b"\0"):
+    # after the size grew but before the data reached the disk): torn. So is the start
+    # of a header followed by zeros (the header straddled a page that was not written).
+    if size - offset <= (1 << 20) and len(
+            _pread_all(fd, size - offset, offset).rstrip(b"\0")) < HEADER_SIZE:
         step.torn = True
     return step
 
@@ -332,6 +342,33 @@ def _read_record_bytes(fd: int, offset: int, size: int) -> bytes:
     except CorruptRecord:
         return header
     return _pread_all(fd, min(HEADER_SIZE + body_len, size - offset), offset)
+
+
+def _next_record(fd: int, start: int, size: int) -> int | None:
+    """The offset of the first valid record at or after ``start``, if any (only on
+    the damage path: it tells a torn tail, after which nothing is valid, from damage
+    with records after it, which must never be cut)."""
+    offset = start
+    while offset < size:
+        buf = _pread_all(fd, min(READ_CHUNK_BYTES, size - offset), offset)
+        at = buf.find(codec.MAGIC)
+        while at != -1:
+            try:
+                if codec.decode_record_at(_read_record_bytes(fd, offset + at, size)) is not None:
+                    return offset + at
+            except CorruptRecord:
+                pass
+            at = buf.find(codec.MAGIC, at + 1)
+        offset += max(len(buf) - len(codec.MAGIC) + 1, 1)  # a magic may straddle chunks
+    return None
+
+
+def _record_starts_at(fd: int, offset: int, position: int) -> bool:
+    """Whether a record holding ``position`` first starts at ``offset``."""
+    try:
+        return codec._check_header(_pread_all(fd, HEADER_SIZE, offset), 0)[0] == position
+    except (CorruptRecord, struct.error):
+        return False
 
 
 def _load_index(path: Path, log_size: int) -> tuple[array, array]:  # type: ignore[type-arg]
@@ -471,6 +508,12 @@ class FilesEngine(Engine):
             start_off, position = 0, segment.base
         fd = os.open(segment.path, os.O_RDWR)
         try:
+            if start_off and not _record_starts_at(fd, start_off, position):
+                # The index is never fsynced: an entry that does not point at the record
+                # it names is not trusted. Scan the whole segment; the index is rebuilt.
+                del segment.index_pos[:]
+                del segment.index_off[:]
+                start_off, position = 0, segment.base
             # Entries after the re-scan point are re-derived by the scan below.
             new_pos: list[int] = []
             new_off: list[int] = []
@@ -896,6 +939,10 @@ class FilesEngine(Engine):
             for at, step in _scan(fd, offset, size, chunk=max(max_bytes, INDEX_INTERVAL_BYTES)):
                 record = step.record
                 if record is None or record.base != position:
+                    if out:
+                        # The intact records before the damage are served; the next
+                        # read, from the damaged position, reports it.
+                        break
                     raise self._damage_error(st, segment, at, position, start, step)
                 position = record.end
                 if record.end <= start:

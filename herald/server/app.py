@@ -23,7 +23,8 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,11 @@ log = logging.getLogger("herald.server")
 
 HUB = web.AppKey("hub", Hub)
 AUTH = web.AppKey("auth", Authenticator)
+# The tasks serving streaming reads (SSE, compact), so that shutdown can end them.
+LIVE = web.AppKey("live", weakref.WeakSet[asyncio.Task[Any]])
 PRINCIPAL = "herald.principal"
+# The streaming answer a request has begun, if any (see _broken).
+STREAMING = "herald.streaming"
 
 _json = msgspec.json.Encoder()
 _PUBLIC_PATHS = frozenset({"/v1/health"})
@@ -82,6 +87,8 @@ async def errors_middleware(
     except HeraldError as exc:
         if exc.status >= 500:
             log.error("%s %s: %s", request.method, request.path, exc.message)
+        if STREAMING in request:
+            return _broken(request)
         return _error_response(exc)
     except web.HTTPRedirection:
         raise
@@ -101,7 +108,21 @@ async def errors_middleware(
         raise
     except Exception:
         log.exception("%s %s failed", request.method, request.path)
+        if STREAMING in request:
+            return _broken(request)
         return _error_response(ServerError("internal error; see the server log"))
+
+
+def _broken(request: web.Request) -> web.StreamResponse:
+    """An error after a streaming answer began, when its status can no longer say so.
+    Appending an error answer to the stream would look like more data (or hang the
+    client); a clean end would look like the end of the stream. So the connection is
+    broken: the client resumes from its position, where the error then comes first and
+    gets its status (see _primed)."""
+    if request.transport is not None:
+        request.transport.abort()
+    response: web.StreamResponse = request[STREAMING]
+    return response
 
 
 @web.middleware
@@ -144,7 +165,10 @@ async def append_events(request: web.Request) -> web.Response:
     stream = request.match_info["stream"]
     _principal(request).require_publish(stream)
     expected_head = request.query.get("expected_head")
-    expected = validate_position(expected_head, "expected_head") if expected_head else None
+    # An empty value is refused, not read as "no condition": a producer that meant to
+    # send one must not get an unconditional append.
+    expected = (validate_position(expected_head, "expected_head")
+                if expected_head is not None else None)
     hub = request.app[HUB]
     if request.content_length is not None and request.content_length > hub.limits.max_batch_bytes:
         raise TooLarge(
@@ -202,17 +226,31 @@ async def _stream_response(request: web.Request, content_type: str) -> web.Strea
         "X-Accel-Buffering": "no",  # nginx: do not buffer a live stream
     })
     await response.prepare(request)
+    request[STREAMING] = response
+    task = asyncio.current_task()
+    if task is not None:
+        request.app[LIVE].add(task)
     return response
+
+
+async def _end_live_streams(app: web.Application) -> None:
+    """On shutdown, cut the streaming reads: one that follows never ends by itself, and
+    aiohttp would wait its whole shutdown timeout (60 s) for it. A cut connection is
+    what a subscriber already survives: it resumes from its position elsewhere."""
+    live = app[LIVE]
+    for task in list(live):
+        task.cancel()
 
 
 async def _sse(request: web.Request, hub: Hub, stream: str, start: int) -> web.StreamResponse:
     follow = _follow(request)
     heartbeat = _heartbeat(request)
+    batches = await _primed(hub.follow(stream, start, follow=follow, heartbeat=heartbeat))
     response = await _stream_response(request, "text/event-stream")
     position = start
     # An SSE "retry" tells a browser how soon to reconnect after a drop.
     await response.write(b"retry: 2000\n\n")
-    async for records in hub.follow(stream, start, follow=follow, heartbeat=heartbeat):
+    async for records in batches:
         if records:
             frames, position = render_sse(records, position)
             await response.write(frames)
@@ -225,9 +263,10 @@ async def _sse(request: web.Request, hub: Hub, stream: str, start: int) -> web.S
 async def _compact(request: web.Request, hub: Hub, stream: str, start: int) -> web.StreamResponse:
     follow = _follow(request)
     heartbeat = _heartbeat(request)
+    batches = await _primed(hub.follow(stream, start, follow=follow, heartbeat=heartbeat))
     response = await _stream_response(request, codec.MEDIA_TYPE)
     position = start
-    async for records in hub.follow(stream, start, follow=follow, heartbeat=heartbeat):
+    async for records in batches:
         if records:
             # The stored bytes go out as they are: no per-event work on the server.
             await response.write(b"".join(r.raw for r in records))
@@ -236,6 +275,23 @@ async def _compact(request: web.Request, hub: Hub, stream: str, start: int) -> w
             await response.write(hub.heartbeat(position))
     await response.write_eof()
     return response
+
+
+async def _primed(
+    batches: AsyncIterator[list[codec.Record]],
+) -> AsyncIterator[list[codec.Record]]:
+    """``batches`` with its first item read now, before the streaming answer begins:
+    an error there (a damaged record at the start position) gets its own status."""
+    first = await anext(batches, None)
+
+    async def chained() -> AsyncIterator[list[codec.Record]]:
+        if first is None:
+            return
+        yield first
+        async for item in batches:
+            yield item
+
+    return chained()
 
 
 def _heartbeat(request: web.Request) -> float:
@@ -264,7 +320,9 @@ def create_app(hub: Hub, auth: Authenticator) -> web.Application:
     )
     app[HUB] = hub
     app[AUTH] = auth
+    app[LIVE] = weakref.WeakSet()
     app.on_response_prepare.append(_on_prepare)
+    app.on_shutdown.append(_end_live_streams)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/streams", list_streams)
     app.router.add_get("/v1/streams/{stream}", get_stream)
