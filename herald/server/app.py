@@ -216,6 +216,13 @@ def _principal(request: web.Request) -> Principal:
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Strict-Transport-Security"] = _HSTS
     response.headers["X-Content-Type-Options"] = "nosniff"
+    await _server_header(request, response)
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Not aiohttp's "Python/3.11 aiohttp/3.x": versions help only those who look
+    # for known holes.
+    response.headers["Server"] = "Herald"
 
 
 # --- handlers ---------------------------------------------------------------------
@@ -485,6 +492,7 @@ def create_redirect_app(https_port: int, fallback_host: str) -> web.Application:
         return web.Response(status=308, headers={"Location": target, "Connection": "close"})
 
     app = web.Application()
+    app.on_response_prepare.append(_server_header)
     app.router.add_route("*", "/{tail:.*}", redirect)
     return app
 
