@@ -42,6 +42,8 @@ from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
 from OpenSSL import SSL
 
 from .. import __version__, codec
@@ -500,16 +502,60 @@ def create_redirect_app(https_port: int, fallback_host: str) -> web.Application:
 # --- running ------------------------------------------------------------------------
 
 
-class _TLSSite(web.SockSite):
-    """aiohttp's SockSite with a TLS handshake timeout (it passes none to asyncio)."""
+class _RequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering requests it cannot parse our way.
+
+    aiohttp answers a malformed request (a header over the limit, a bad request
+    line) itself, before any middleware: plain text that echoes the first bytes of
+    the offending line, and an ERROR log line with a traceback — for every scanner
+    on the internet. Here: JSON with a stable code, nothing echoed, one INFO line.
+    """
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already sent; the connection is broken")
+        error: HeraldError
+        if isinstance(exc, LineTooLong):
+            status = 431  # RFC 6585: Request Header Fields Too Large
+            error = HeraldError(f"a request line or header is longer than "
+                                f"{MAX_HEADER_FIELD_BYTES} bytes", code="headers_too_large")
+        elif status >= 500:
+            log.error("request from %s failed", request.remote, exc_info=exc)
+            error = ServerError("internal error; see the server log")
+        else:
+            error = InvalidRequest("malformed HTTP request", code="bad_request")
+        if status < 500:
+            log.info("malformed request from %s: %s", request.remote, type(exc).__name__)
+        response = web.Response(body=_json.encode(error.to_wire()), status=status,
+                                content_type="application/json", headers={"Server": "Herald"})
+        response.force_close()
+        return response
+
+
+class _Site(web.SockSite):
+    """aiohttp's SockSite with our connection handler and a TLS handshake timeout
+    (aiohttp passes none to asyncio, whose default is 60 s)."""
 
     async def start(self) -> None:
         await web.BaseSite.start(self)
         server = self._runner.server
         assert server is not None
-        self._server = await asyncio.get_running_loop().create_server(
-            server, sock=self._sock, ssl=self._ssl_context, backlog=self._backlog,
-            ssl_handshake_timeout=TLS_HANDSHAKE_TIMEOUT_SECONDS)
+        loop = asyncio.get_running_loop()
+        options = server._kwargs  # the handler options given to the runner
+
+        def protocol() -> RequestHandler:
+            return _RequestHandler(server, loop=loop, **options)
+
+        tls: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            tls = {"ssl": self._ssl_context,
+                   "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_SECONDS}
+        self._server = await loop.create_server(protocol, sock=self._sock,
+                                                backlog=self._backlog, **tls)
 
 
 def _tls_context(config: Config, cert: Path, key: Path) -> Any:
@@ -567,7 +613,7 @@ async def run_server(
     await runners[0].setup()
     host, port = parse_listen(config.server.listen)
     sock = _listen_socket(host, port)
-    site = _TLSSite(runners[0], sock, ssl_context=ssl_context)
+    site = _Site(runners[0], sock, ssl_context=ssl_context)
     await site.start()
     bound = sock.getsockname()
     url = f"https://{_show_host(bound[0])}:{bound[1]}"
@@ -583,7 +629,7 @@ async def run_server(
         await redirect_runner.setup()
         plain = _listen_socket(*parse_listen(config.server.http_redirect,
                                              "[server] http_redirect"))
-        await web.SockSite(redirect_runner, plain).start()
+        await _Site(redirect_runner, plain).start()
         plain_bound = plain.getsockname()
         redirect_url = f"http://{_show_host(plain_bound[0])}:{plain_bound[1]}"
 
