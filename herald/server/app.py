@@ -441,15 +441,20 @@ def _python() -> str:
 
 def _banner(config: Config, url: str, created: list[str], engine: Engine,
             redirect_url: str | None) -> str:
-    ca = _display(config.tls_dir / "ca.pem")
     token = _display(config.admin_token_path)
-    lines = [
-        f"Herald {__version__}: {engine.name} engine, data in {_display(config.data)}",
-        f"  CA certificate:     {ca}" + ("  (created)" if "tls" in created else ""),
-        f"  server certificate: {_display(config.tls.cert or config.tls_dir / 'server.pem')}",
-        f"  admin token:        {token} (mode 0600)"
-        + ("  (created)" if "token" in created else ""),
-    ]
+    lines = [f"Herald {__version__}: {engine.name} engine, data in {_display(config.data)}"]
+    if config.tls.cert is None:
+        ca = _display(config.tls_dir / "ca.pem")
+        lines += [
+            f"  CA certificate:     {ca}" + ("  (created)" if "tls" in created else ""),
+            f"  server certificate: {_display(config.tls_dir / 'server.pem')}",
+        ]
+    else:
+        # Herald does not know which CA signed a certificate it was given.
+        ca = "YOUR-CA.pem"
+        lines.append(f"  server certificate: {_display(config.tls.cert)}")
+    lines.append(f"  admin token:        {token} (mode 0600)"
+                 + ("  (created)" if "token" in created else ""))
     if config.tls.client_ca is not None:
         need = "required" if config.tls.require_client_cert else "accepted"
         lines.append(f"  client certificates: {need}, issued by "
