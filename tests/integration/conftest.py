@@ -125,7 +125,7 @@ INVENTORY_TOKEN = "inventory-token-" + "x" * 32
 READER_TOKEN = "reader-token-" + "y" * 32
 
 
-def secure_config(pki: Pki, extra: str = "") -> str:
+def secure_config(pki: Pki, extra: str = "", tls_extra: str = "") -> str:
     password_hash = hash_password(ADMIN_PASSWORD, log_n=TEST_HASH_LOG_N)
     return f"""
 [server]
@@ -133,6 +133,7 @@ http_redirect = "127.0.0.1:0"
 {extra}
 [tls]
 client_ca = "{pki.pem('ca')}"
+{tls_extra}
 
 [[principal]]
 name = "inventory"
@@ -152,10 +153,11 @@ password_hash = "{password_hash}"
 """
 
 
-def start_secure_server(data: Path, pki: Pki, extra: str = "") -> ServerProcess:
+def start_secure_server(data: Path, pki: Pki, extra: str = "",
+                        tls_extra: str = "") -> ServerProcess:
     config = data.parent / f"{data.name}.toml"
     data.parent.mkdir(parents=True, exist_ok=True)
-    config.write_text(secure_config(pki, extra))
+    config.write_text(secure_config(pki, extra, tls_extra))
     return ServerProcess(data=data, args=["--config", str(config)]).start()
 
 

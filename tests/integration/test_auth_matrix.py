@@ -152,6 +152,15 @@ def test_refused_certificates_are_logged_in_words(secure_server: ServerProcess, 
     assert log.count("[client_cert_not_for_client_auth]") >= 1
 
 
+def test_secrets_are_never_logged(secure_server: ServerProcess, pki: Pki) -> None:
+    for who in CALLERS:
+        call(secure_server, pki, CALLERS[who], "dashboard")
+    log = secure_server.log
+    for secret in (INVENTORY_TOKEN, READER_TOKEN, ADMIN_PASSWORD, "not-a-token"):
+        assert secret not in log
+    assert secure_server.token not in log  # the banner names its file, never the token
+
+
 def test_streams_list_shows_only_what_the_caller_may_read(secure_server: ServerProcess,
                                                           pki: Pki) -> None:
     with secure_server.client() as admin:

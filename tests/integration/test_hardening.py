@@ -149,3 +149,30 @@ def test_password_guessing_backs_off(limited: ServerProcess) -> None:
     # and passwords are never logged
     assert "guess-" not in limited.log
     assert "dashboard login failed for user ops from 127.0.0.1" in limited.log
+
+
+def test_require_client_cert(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> None:
+    server = start_secure_server(tmp_path_factory.mktemp("strict") / "data", pki,
+                                 tls_extra="require_client_cert = true")
+    try:
+        def status(path: str, cert: str | None, token: str | None = None) -> tuple[int, str]:
+            connection = http.client.HTTPSConnection(
+                "127.0.0.1", server.port, timeout=10,
+                context=client_context(server, pki, cert))
+            headers = {"Authorization": f"Bearer {token}"} if token else {}
+            connection.request("GET", path, headers=headers)
+            response = connection.getresponse()
+            body = response.read()
+            connection.close()
+            code = json.loads(body)["error"]["code"] if response.status >= 400 else ""
+            return response.status, code
+
+        assert status("/v1/health", None) == (200, "")
+        assert status("/v1/whoami", None, server.token) == (401, "client_cert_required")
+        assert status("/", None) == (401, "client_cert_required")
+        assert status("/v1/whoami", "inventory") == (200, "")
+        assert status("/v1/whoami", "inventory", server.token) == (200, "")
+        assert status("/v1/whoami", "billing", server.token) == (403, "client_cert_expired")
+        assert "client certificates: required" in server.log
+    finally:
+        server.stop()
