@@ -186,4 +186,5 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
 def secure_server(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[ServerProcess]:
     server = start_secure_server(tmp_path_factory.mktemp("secure") / "data", pki)
     yield server
-    server.stop()
+    assert server.stop() == 0
+    assert "Traceback" not in server.log, server.log

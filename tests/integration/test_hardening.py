@@ -8,8 +8,11 @@ import http.client
 import json
 import socket
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -176,3 +179,21 @@ def test_require_client_cert(tmp_path_factory: pytest.TempPathFactory, pki: Pki)
         assert "client certificates: required" in server.log
     finally:
         server.stop()
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "[tls] client_ca: "),
+    ("not a certificate\n", "cannot load the TLS files"),
+])
+def test_bad_client_ca_stops_herald_with_a_message(tmp_path: Path, content: str | None,
+                                                   message: str) -> None:
+    ca = tmp_path / "modules-ca.pem"
+    if content is not None:
+        ca.write_text(content)
+    (tmp_path / "herald.toml").write_text(f'[tls]\nclient_ca = "{ca}"\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "herald.cli", "serve", "--config", str(tmp_path / "herald.toml"),
+         "--data", str(tmp_path / "data"), "--listen", "127.0.0.1:0"],
+        capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr, result.stderr
