@@ -4,7 +4,13 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test check proof bench clean
+.PHONY: serve test check proof bench clean system-tools
+
+# The security tests drive real nginx (with its stream module), curl and openssl,
+# from Debian's packages. Installed here when missing, so a clean machine and CI
+# have them; tests that need a missing one fail under CI=true and skip elsewhere.
+SYSTEM_PACKAGES := nginx libnginx-mod-stream curl openssl
+NGINX_STREAM_MODULE := /usr/lib/nginx/modules/ngx_stream_module.so
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -19,7 +25,19 @@ check: $(STAMP)
 	$(BIN)/ruff check herald tests
 	$(BIN)/mypy
 
-test: $(STAMP) check
+system-tools:
+	@if command -v nginx >/dev/null && command -v curl >/dev/null \
+	    && command -v openssl >/dev/null && [ -e $(NGINX_STREAM_MODULE) ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing $(SYSTEM_PACKAGES) (Debian packages) for the tests"; \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get update -qq && apt-get install -y -qq --no-install-recommends \
+	    $(SYSTEM_PACKAGES) >/dev/null; \
+	else \
+	  echo "nginx, curl or openssl is missing and apt-get is not usable: their tests skip"; \
+	fi
+
+test: $(STAMP) check system-tools
 	$(BIN)/pytest -m "not proof"
 
 proof: $(STAMP)

@@ -6,6 +6,9 @@
     herald streams [--json]
     herald check   --data DIR [--repair]
     herald bench   [--quick] [--output BENCH.md]
+    herald certs   ca | server NAME [--san NAME…] | client MODULE   PEM files; keys 0600
+    herald users   hash                    a [[user]] password_hash (password on stdin)
+    herald tokens  new | hash              a Bearer token and its token_sha256
 
 Client commands find the server like this, first match wins: ``--url``/``--token``/
 ``--token-file``/``--ca`` flags; ``HERALD_URL``, ``HERALD_TOKEN``, ``HERALD_CA``;
@@ -196,6 +199,122 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if result.clean else 1
 
 
+def _write_pair(pair: Any, out: Path, stem: str, force: bool) -> tuple[Path, Path]:
+    cert_path, key_path = out / f"{stem}.pem", out / f"{stem}.key"
+    existing = [str(p) for p in (cert_path, key_path) if p.exists()]
+    if existing and not force:
+        raise HeraldError(f"{' and '.join(existing)} already exist; use --force to replace",
+                          code="file_exists")
+    pair.write(cert_path, key_path)
+    return cert_path, key_path
+
+
+def _load_issuer(args: argparse.Namespace) -> Any:
+    from .certs import load_ca
+
+    data = Path(args.data or os.environ.get("HERALD_DATA") or DEFAULT_DATA_DIR)
+    ca = Path(args.ca) if args.ca else data / "tls" / "ca.pem"
+    ca_key = Path(args.ca_key) if args.ca_key else ca.with_suffix(".key")
+    try:
+        return load_ca(ca, ca_key)
+    except FileNotFoundError as exc:
+        raise HeraldError(f"cannot read the CA: {exc.filename} does not exist (make one "
+                          "with `herald certs ca`, or pass --ca and --ca-key)",
+                          code="no_ca") from exc
+    except ValueError as exc:
+        raise HeraldError(f"cannot read the CA ({ca}, {ca_key}): {exc}", code="no_ca") from exc
+
+
+def _check_cert_name(name: str) -> None:
+    import re
+
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,127}", name):
+        raise HeraldError(f"{name!r}: a name is letters, digits and . _ @ - (at most 128)",
+                          code="invalid_name")
+
+
+def _valid_until(pair: Any) -> str:
+    return str(pair.cert.not_valid_after_utc.strftime("%Y-%m-%d"))
+
+
+def cmd_certs_ca(args: argparse.Namespace) -> int:
+    from .certs import create_ca
+
+    pair = create_ca(args.name, days=args.days)
+    cert, key = _write_pair(pair, Path(args.out), "ca", args.force)
+    print(f"wrote {cert} (CA \"{args.name}\", valid until {_valid_until(pair)}) and {key} "
+          "(mode 0600: keep it secret)")
+    print(f'to accept client certificates it signs: [tls] client_ca = "{cert}"')
+    return 0
+
+
+def cmd_certs_server(args: argparse.Namespace) -> int:
+    from .certs import create_server_cert
+
+    names = [args.name, *(args.san or [])]
+    for name in names:
+        if not name or any(c.isspace() or c in "/\\" for c in name):
+            raise HeraldError(f"{name!r} is not a host name or address", code="invalid_name")
+    pair = create_server_cert(_load_issuer(args), names, days=args.days)
+    cert, key = _write_pair(pair, Path(args.out), args.name, args.force)
+    print(f"wrote {cert} (server certificate: serverAuth; names {', '.join(names)}; valid "
+          f"until {_valid_until(pair)}) and {key} (mode 0600)")
+    return 0
+
+
+def cmd_certs_client(args: argparse.Namespace) -> int:
+    from .certs import create_client_cert
+
+    _check_cert_name(args.module)
+    pair = create_client_cert(_load_issuer(args), args.module, days=args.days)
+    cert, key = _write_pair(pair, Path(args.out), args.module, args.force)
+    print(f"wrote {cert} (client certificate: clientAuth; CN={args.module}; valid until "
+          f"{_valid_until(pair)}) and {key} (mode 0600)")
+    print(f'its principal: [[principal]] name = "{args.module}", subject = "CN={args.module}"')
+    return 0
+
+
+def _secret_line(prompt: str) -> str:
+    """One line from stdin (not echoed when stdin is a terminal); no newline kept."""
+    if sys.stdin.isatty():
+        import getpass
+
+        return getpass.getpass(prompt)
+    line = sys.stdin.readline()
+    return line[:-1] if line.endswith("\n") else line
+
+
+def cmd_users_hash(args: argparse.Namespace) -> int:
+    from .passwords import hash_password
+
+    password = _secret_line("password: ").removesuffix("\r")
+    if not password:
+        raise HeraldError("no password on stdin (one line)", code="empty_password")
+    print(hash_password(password))
+    return 0
+
+
+def cmd_tokens_new(args: argparse.Namespace) -> int:
+    import secrets
+
+    from .server.auth import ADMIN_TOKEN_BYTES, token_sha256
+
+    token = secrets.token_urlsafe(ADMIN_TOKEN_BYTES)
+    print(token)
+    print(f'token_sha256 = "{token_sha256(token)}"')
+    return 0
+
+
+def cmd_tokens_hash(args: argparse.Namespace) -> int:
+    from .server.auth import token_sha256
+
+    token = _secret_line("token: ").strip()
+    if not token:
+        raise HeraldError("no token on stdin (one line)", code="empty_token")
+    print(f'token_sha256 = "{token_sha256(token)}"')
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -255,6 +374,50 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", default="BENCH.md", help="report file (BENCH.md)")
     bench.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated list")
     bench.set_defaults(func=cmd_bench)
+
+    certs = commands.add_parser("certs", help="make a CA, server and client certificates")
+    kinds = certs.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    from .certs import CA_DAYS, LEAF_DAYS
+
+    def cert_options(sub: argparse.ArgumentParser, issued: bool) -> None:
+        days = LEAF_DAYS if issued else CA_DAYS
+        sub.add_argument("--out", default=".", help="directory to write to (.)")
+        sub.add_argument("--days", type=int, default=days, help=f"validity in days ({days})")
+        sub.add_argument("--force", action="store_true", help="replace existing files")
+        if issued:
+            sub.add_argument("--ca", help="the CA certificate that signs "
+                                          f"(default {DEFAULT_DATA_DIR}/tls/ca.pem)")
+            sub.add_argument("--ca-key", help="its private key (default: --ca with .key)")
+            sub.add_argument("--data", default=None, help="data directory for the default CA")
+
+    ca = kinds.add_parser("ca", help="a CA: ca.pem and ca.key")
+    ca.add_argument("--name", default="Herald modules CA", help="the CA's common name")
+    cert_options(ca, issued=False)
+    ca.set_defaults(func=cmd_certs_ca)
+    server_cert = kinds.add_parser("server", help="a server certificate: NAME.pem, NAME.key")
+    server_cert.add_argument("name", help="the main host name or address (also a SAN)")
+    server_cert.add_argument("--san", action="append", metavar="NAME",
+                             help="another host name or IP address clients use (repeat)")
+    cert_options(server_cert, issued=True)
+    server_cert.set_defaults(func=cmd_certs_server)
+    client_cert = kinds.add_parser("client", help="a client certificate: MODULE.pem, .key")
+    client_cert.add_argument("module", help="the module: the certificate's CN")
+    cert_options(client_cert, issued=True)
+    client_cert.set_defaults(func=cmd_certs_client)
+
+    users = commands.add_parser("users", help="dashboard users")
+    user_commands = users.add_subparsers(dest="action", required=True, metavar="ACTION")
+    user_commands.add_parser(
+        "hash", help="print a [[user]] password_hash; reads the password as one line "
+                     "from stdin").set_defaults(func=cmd_users_hash)
+
+    tokens = commands.add_parser("tokens", help="Bearer tokens for [[principal]]s")
+    token_commands = tokens.add_subparsers(dest="action", required=True, metavar="ACTION")
+    token_commands.add_parser("new", help="print a new token and its token_sha256 line"
+                              ).set_defaults(func=cmd_tokens_new)
+    token_commands.add_parser("hash", help="print the token_sha256 of a token read from "
+                              "stdin").set_defaults(func=cmd_tokens_hash)
     return parser
 
 

@@ -6,13 +6,16 @@ that names the key (``[server] listen: expected "HOST:PORT"``).
 
 Environment variables: ``HERALD_DATA`` for the top-level ``data`` key, and
 ``HERALD_<SECTION>_<KEY>`` for scalar keys, e.g. ``HERALD_SERVER_LISTEN``,
-``HERALD_STORAGE_ENGINE``, ``HERALD_STORAGE_DSN``, ``HERALD_LIMITS_DEDUP_WINDOW``.
+``HERALD_STORAGE_ENGINE``, ``HERALD_STORAGE_DSN``, ``HERALD_LIMITS_DEDUP_WINDOW``,
+``HERALD_TLS_CLIENT_CA``. Principals (``[[principal]]``) and dashboard users
+(``[[user]]``) are lists of tables and live in the file only.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -22,11 +25,14 @@ from typing import Any
 
 from .errors import HeraldError
 from .model import Limits
+from .passwords import PasswordHashError, parse_hash
 
 __all__ = [
     "Config",
     "ConfigError",
+    "PrincipalConfig",
     "ServerConfig",
+    "UserConfig",
     "StorageConfig",
     "TLSConfig",
     "load_config",
@@ -50,12 +56,42 @@ def parse_listen(value: str, key: str = "[server] listen") -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+# A client has this long to send a request's headers, counted from connecting or
+# from the end of its previous request; an idle keep-alive connection is closed
+# after it too. A client that sends its headers byte by byte (slowloris) is cut
+# off here. Above the Python client's own keep-alive (15 s), so the client, not
+# the server, closes idle connections and never reuses one being closed.
+HEADER_TIMEOUT_SECONDS = 30.0
+# A request's body must arrive within this long: 16 MiB (the largest batch) at
+# 280 KB/s. Slower uploads would pin a connection and the memory of the body.
+BODY_TIMEOUT_SECONDS = 60.0
+# Requests per second each principal may make, with bursts up to RATE_BURST. A
+# module appends batches (up to 10,000 events each), so 500 requests/s is far
+# above honest use and still bounds what one misbehaving module costs the rest.
+# The admin token is not limited: it is the operator's.
+RATE_LIMIT_PER_SECOND = 500.0
+RATE_BURST = 1000
+
+
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
+    # Plain HTTP "HOST:PORT" that answers every request with a redirect to HTTPS.
+    http_redirect: str | None = None
+    header_timeout: float = HEADER_TIMEOUT_SECONDS
+    body_timeout: float = BODY_TIMEOUT_SECONDS
+    rate_limit: float = RATE_LIMIT_PER_SECOND
+    rate_burst: int = RATE_BURST
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
+        if self.http_redirect is not None:
+            parse_listen(self.http_redirect, "[server] http_redirect")
+        for name in ("header_timeout", "body_timeout", "rate_limit"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"[server] {name}: must be above 0")
+        if self.rate_burst < 1:
+            raise ConfigError("[server] rate_burst: must be at least 1")
 
 
 @dataclass(frozen=True)
@@ -63,6 +99,97 @@ class TLSConfig:
     # Default: <data>/tls/server.pem and server.key, created on first start.
     cert: Path | None = None
     key: Path | None = None
+    # CA certificate(s), PEM, that sign the modules' client certificates. Setting it
+    # turns on mutual TLS: clients are asked for a certificate.
+    client_ca: Path | None = None
+    # Refuse requests (401 client_cert_required) from connections without a valid
+    # client certificate; /v1/health excepted.
+    require_client_cert: bool = False
+
+    def __post_init__(self) -> None:
+        if self.require_client_cert and self.client_ca is None:
+            raise ConfigError("[tls] require_client_cert: needs [tls] client_ca, the CA "
+                              "that signs client certificates")
+
+
+# Principal and user names appear in logs, error messages and the dashboard.
+MAX_NAME_LENGTH = 128
+_NAME = re.compile(r"[A-Za-z0-9._@-]+")
+# Stream patterns are stream names with fnmatch's wildcards: * ? [seq] [!seq].
+_PATTERN = re.compile(r"[A-Za-z0-9._\-*?\[\]!]+")
+_SHA256_HEX = re.compile(r"[0-9a-f]{64}")
+# The admin token's principal; a [[principal]] may not take its name.
+ADMIN_NAME = "admin"
+
+
+def _check_name(name: str, key: str) -> None:
+    if not _NAME.fullmatch(name) or len(name) > MAX_NAME_LENGTH:
+        raise ConfigError(f"{key}: {name!r} is not a valid name (letters, digits, . _ @ -; "
+                          f"at most {MAX_NAME_LENGTH})")
+
+
+@dataclass(frozen=True)
+class PrincipalConfig:
+    """A ``[[principal]]``: who may publish to and subscribe to which streams.
+
+    Matched by a client certificate's ``subject`` (RFC 4514, e.g. ``CN=inventory``)
+    and/or a Bearer token, stored only as its SHA-256 (``token_sha256``, hex).
+    """
+
+    name: str
+    subject: str | None = None
+    token_sha256: str | None = None
+    publish: tuple[str, ...] = ()
+    subscribe: tuple[str, ...] = ()
+    admin: bool = False
+
+    def __post_init__(self) -> None:
+        key = f"[[principal]] {self.name}"
+        _check_name(self.name, "[[principal]] name")
+        if self.name == ADMIN_NAME:
+            raise ConfigError(f"[[principal]] name: {ADMIN_NAME!r} is the admin token's "
+                              "principal; choose another name")
+        if self.subject is None and self.token_sha256 is None:
+            raise ConfigError(f"{key}: needs subject (a client certificate) and/or "
+                              "token_sha256 (a Bearer token)")
+        if self.subject is not None:
+            subject_name(self.subject, f"{key} subject")
+        if self.token_sha256 is not None and not _SHA256_HEX.fullmatch(self.token_sha256):
+            raise ConfigError(f"{key} token_sha256: expected 64 lowercase hex digits "
+                              "(`herald tokens new` prints a token and its hash)")
+        for field_name in ("publish", "subscribe"):
+            for pattern in getattr(self, field_name):
+                if not _PATTERN.fullmatch(pattern):
+                    raise ConfigError(f"{key} {field_name}: {pattern!r} is not a stream "
+                                      "pattern (stream name characters and * ? [ ] !)")
+
+
+def subject_name(text: str, key: str) -> Any:
+    """A subject written as RFC 4514 (``CN=inventory,O=Acme``) → an x509.Name."""
+    from cryptography import x509
+
+    try:
+        name = x509.Name.from_rfc4514_string(text)
+    except ValueError as exc:
+        raise ConfigError(f'{key}: {text!r} is not a subject like "CN=inventory"') from exc
+    if not len(name):
+        raise ConfigError(f'{key}: empty subject; write it like "CN=inventory"')
+    return name
+
+
+@dataclass(frozen=True)
+class UserConfig:
+    """A ``[[user]]``: a dashboard login. ``password_hash`` from ``herald users hash``."""
+
+    name: str
+    password_hash: str
+
+    def __post_init__(self) -> None:
+        _check_name(self.name, "[[user]] name")
+        try:
+            parse_hash(self.password_hash)
+        except PasswordHashError as exc:
+            raise ConfigError(f"[[user]] {self.name} password_hash: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -85,6 +212,8 @@ class Config:
     tls: TLSConfig = field(default_factory=TLSConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     limits: Limits = field(default_factory=Limits)
+    principals: tuple[PrincipalConfig, ...] = ()
+    users: tuple[UserConfig, ...] = ()
 
     @property
     def tls_dir(self) -> Path:
@@ -153,17 +282,18 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
 
 
 def build_section(cls: type[Any], table: Mapping[str, Any], section: str,
-                  base: Path | None = None) -> Any:
+                  base: Path | None = None, *, label: str | None = None) -> Any:
     """Build a section dataclass from a table, naming any bad key."""
+    label = label or f"[{section}]"
     if not isinstance(table, Mapping):
-        raise ConfigError(f"[{section}]: expected a table")
+        raise ConfigError(f"{label}: expected a table")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in names:
-            raise ConfigError(f"[{section}] {key}: unknown key (known: {', '.join(sorted(names))})")
-        coerced = _coerce(value, hints[key], f"[{section}] {key}")
+            raise ConfigError(f"{label} {key}: unknown key (known: {', '.join(sorted(names))})")
+        coerced = _coerce(value, hints[key], f"{label} {key}")
         if isinstance(coerced, Path) and base is not None and not coerced.is_absolute():
             coerced = base / coerced  # paths in a file are relative to the file
         values[key] = coerced
@@ -172,7 +302,7 @@ def build_section(cls: type[Any], table: Mapping[str, Any], section: str,
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"[{section}]: {exc}") from exc
+        raise ConfigError(f"{label}: {exc}") from exc
 
 
 def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -229,6 +359,52 @@ def load_config(
     return config_from_dict(raw, base)
 
 
+# Lists of tables: TOML key → (class, Config field).
+_LISTS: dict[str, tuple[type[Any], str]] = {
+    "principal": (PrincipalConfig, "principals"),
+    "user": (UserConfig, "users"),
+}
+
+
+def _build_list(key: str, value: Any) -> tuple[Any, ...]:
+    cls, _field = _LISTS[key]
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected [[{key}]] tables")
+    items = []
+    for index, table in enumerate(value, 1):
+        label = f"[[{key}]] #{index}"
+        if isinstance(table, Mapping):
+            missing = [f.name for f in dataclasses.fields(cls)
+                       if f.default is dataclasses.MISSING and f.name not in table]
+            if missing:
+                raise ConfigError(f"{label}: missing {', '.join(missing)}")
+            if isinstance(table.get("name"), str):
+                label = f"[[{key}]] {table['name']}"
+        items.append(build_section(cls, table, key, None, label=label))
+    names = [item.name for item in items]
+    for name in names:
+        if names.count(name) > 1:
+            raise ConfigError(f"[[{key}]] {name}: the name is used twice")
+    return tuple(items)
+
+
+def _check_principals(principals: tuple[PrincipalConfig, ...]) -> None:
+    seen_subjects: dict[Any, str] = {}
+    seen_tokens: dict[str, str] = {}
+    for principal in principals:
+        if principal.subject is not None:
+            subject = subject_name(principal.subject, "subject")
+            if subject in seen_subjects:
+                raise ConfigError(f"[[principal]] {principal.name} subject: "
+                                  f"{principal.subject} is also {seen_subjects[subject]}'s")
+            seen_subjects[subject] = principal.name
+        if principal.token_sha256 is not None:
+            if principal.token_sha256 in seen_tokens:
+                raise ConfigError(f"[[principal]] {principal.name} token_sha256: "
+                                  f"also {seen_tokens[principal.token_sha256]}'s")
+            seen_tokens[principal.token_sha256] = principal.name
+
+
 def config_from_dict(raw: Mapping[str, Any], base: Path | None = None) -> Config:
     values: dict[str, Any] = {}
     for key, value in raw.items():
@@ -237,7 +413,11 @@ def config_from_dict(raw: Mapping[str, Any], base: Path | None = None) -> Config
             values["data"] = base / data if base is not None and not data.is_absolute() else data
         elif key in _SECTIONS:
             values[key] = build_section(_SECTIONS[key], value, key, base)
+        elif key in _LISTS:
+            values[_LISTS[key][1]] = _build_list(key, value)
         else:
-            known = ", ".join(["data", *(f"[{s}]" for s in _SECTIONS)])
+            known = ", ".join(["data", *(f"[{s}]" for s in _SECTIONS),
+                               *(f"[[{s}]]" for s in _LISTS)])
             raise ConfigError(f"{key}: unknown key (known: {known})")
+    _check_principals(values.get("principals", ()))
     return Config(**values)

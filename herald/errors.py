@@ -12,11 +12,12 @@ very exception the server raised.
     │   │   ├── InvalidStreamName   400  invalid_stream_name
     │   │   └── EmptyBatch          400  empty_batch
     │   ├── Unauthorized            401  no or bad credentials
-    │   ├── Forbidden               403  valid credentials, missing permission
+    │   ├── Forbidden               403  missing permission; a refused client certificate
     │   ├── NotFound                404  stream_not_found / not_found
+    │   ├── RequestTimeout          408  the request's body came too slowly
     │   ├── ExpectedHeadMismatch    409  the stream's head is not the expected one
     │   ├── TooLarge                413  event_too_large / batch_too_large
-    │   └── RateLimited             429
+    │   └── RateLimited             429  rate_limited / login_backoff (Retry-After)
     ├── ServerError                 Herald or its storage is at fault (5xx)
     │   ├── CorruptRecord           500  a stored record fails its checksum
     │   ├── StorageFull             507  the disk is full; nothing was written
@@ -41,6 +42,7 @@ __all__ = [
     "Unauthorized",
     "Forbidden",
     "NotFound",
+    "RequestTimeout",
     "ExpectedHeadMismatch",
     "TooLarge",
     "RateLimited",
@@ -111,6 +113,11 @@ class Forbidden(ClientError):
 class NotFound(ClientError):
     status = 404
     default_code = "not_found"
+
+
+class RequestTimeout(ClientError):
+    status = 408
+    default_code = "request_timeout"
 
 
 class ExpectedHeadMismatch(ClientError):
@@ -188,6 +195,7 @@ _BY_STATUS: dict[int, type[HeraldError]] = {
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
+    408: RequestTimeout,
     409: ExpectedHeadMismatch,
     413: TooLarge,
     429: RateLimited,

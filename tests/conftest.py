@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -33,6 +34,19 @@ def require_service(name: str, host: str, port: int) -> None:
             return
     except OSError as exc:
         message = f"{name} is not reachable at {host}:{port} ({exc})"
+    if os.environ.get("CI") == "true":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def require_tool(name: str) -> str:
+    """The path of a command-line tool (nginx, curl, openssl…): skip without it, or,
+    under CI=true, fail — `make test` installs them (see the Makefile)."""
+    found = shutil.which(name, path=os.pathsep.join(
+        [os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
+    if found:
+        return found
+    message = f"{name} is not installed (`make system-tools` installs it)"
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -122,6 +136,10 @@ class ServerProcess:
     @property
     def port(self) -> int:
         return int(self.url.rsplit(":", 1)[1])
+
+    @property
+    def log(self) -> str:
+        return "".join(self.output)
 
     def client(self, **options: object) -> herald.Client:
         return herald.Client(self.url, token=self.token, ca=self.ca, **options)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""The HTTPS edge: API, subscriptions, (later) the dashboard."""
+"""The HTTPS edge: API, subscriptions, the dashboard's first page, the redirect port."""
 
 from .app import create_app, run_server
 

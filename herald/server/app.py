@@ -2,8 +2,11 @@
 
 Routes::
 
+    GET  /                                   the dashboard (HTTP Basic login, a [[user]])
     GET  /v1/health                          liveness, no credentials needed
-    GET  /v1/streams                         [{name, head, bytes}]
+    GET  /v1/whoami                          the calling principal and its permissions
+    GET  /v1/admin/principals                admin: every principal and user (no secrets)
+    GET  /v1/streams                         [{name, head, bytes}] the caller may read
     GET  /v1/streams/{stream}                {name, head, bytes}; 404 if empty
     POST /v1/streams/{stream}/events         append a batch (JSON array of events)
     GET  /v1/streams/{stream}/events         read; by Accept:
@@ -13,51 +16,100 @@ Routes::
 
 Every error is ``{"error": {"code", "message", …}}`` with the status the error
 class names (see herald.errors); no stack trace ever reaches a client.
+
+Who may do what is herald.server.auth's business; the middlewares here find the
+credentials (the connection's client certificate, the Authorization header), ask
+it, and apply the per-principal rate limit. With ``[server] http_redirect`` a
+second, plain-HTTP listener answers every request with a 308 to HTTPS and serves
+nothing else.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import os
+import re
 import signal
 import socket
+import ssl
 import sys
 import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import msgspec
 from aiohttp import web
+from aiohttp.http_exceptions import LineTooLong
+from aiohttp.web_protocol import RequestHandler
+from OpenSSL import SSL
 
 from .. import __version__, codec
 from ..certs import ensure_server_tls
-from ..config import Config, parse_listen
+from ..config import Config, ServerConfig, parse_listen
 from ..engines import create_engine
 from ..engines.base import Engine
-from ..errors import HeraldError, InvalidRequest, ServerError, TooLarge
+from ..errors import (
+    HeraldError,
+    InvalidRequest,
+    RateLimited,
+    RequestTimeout,
+    ServerError,
+    TooLarge,
+    Unauthorized,
+)
 from ..hub import HEARTBEAT_SECONDS, Hub, render_json_page, render_sse
 from ..model import validate_position
 from .auth import Authenticator, Principal, ensure_admin_token
-from .tls import server_context
+from .dashboard import DASHBOARD_HEADERS, render_home
+from .throttle import RateLimiter
+from .tls import MutualTLSContext, PyOpenSSLObject, client_certificate_of, server_context
 
-__all__ = ["create_app", "run_server", "HUB", "AUTH"]
+__all__ = ["create_app", "create_redirect_app", "run_server", "HUB", "AUTH", "SETTINGS"]
 
 log = logging.getLogger("herald.server")
 
+
+@dataclass(frozen=True)
+class Settings:
+    """What the request handlers need from ``[server]``."""
+
+    body_timeout: float
+    rate_limiter: RateLimiter
+
+
 HUB = web.AppKey("hub", Hub)
 AUTH = web.AppKey("auth", Authenticator)
+SETTINGS = web.AppKey("settings", Settings)
 # The tasks serving streaming reads (SSE, compact), so that shutdown can end them.
 LIVE = web.AppKey("live", weakref.WeakSet[asyncio.Task[Any]])
 PRINCIPAL = "herald.principal"
+USER = "herald.user"
 # The streaming answer a request has begun, if any (see _broken).
 STREAMING = "herald.streaming"
 
 _json = msgspec.json.Encoder()
 _PUBLIC_PATHS = frozenset({"/v1/health"})
-# HSTS: browsers remember to use HTTPS only (RFC 6797).
+# The dashboard's paths log in with HTTP Basic; everything else is the API.
+_DASHBOARD_PATHS = frozenset({"/", "/favicon.ico"})
+_DASHBOARD_PREFIX = "/dashboard/"
+# HSTS: browsers remember to use HTTPS only (RFC 6797). Sent on HTTPS answers only:
+# the redirect port never sends it (browsers ignore it over plain HTTP anyway).
 _HSTS = "max-age=31536000"
+
+# The request line and each header field are limited to aiohttp's defaults: URLs
+# here are short (a stream name is at most 128 characters) and the longest honest
+# header is a token. Longer ones are refused before any handler runs.
+MAX_REQUEST_LINE_BYTES = 8190
+MAX_HEADER_FIELD_BYTES = 8190
+# Headers per request: clients and proxies send about a dozen.
+MAX_HEADERS = 64
+# A TLS handshake that has not finished after this long is dropped (asyncio's
+# default is 60 s): a client that opens connections and stalls cannot pile them up.
+TLS_HANDSHAKE_TIMEOUT_SECONDS = 10.0
 
 
 def _json_response(value: Any, status: int = 200) -> web.Response:
@@ -65,9 +117,24 @@ def _json_response(value: Any, status: int = 200) -> web.Response:
                         content_type="application/json")
 
 
-def _error_response(error: HeraldError) -> web.Response:
-    return web.Response(body=_json.encode(error.to_wire()), status=error.status,
-                        content_type="application/json")
+def _is_dashboard(path: str) -> bool:
+    return path in _DASHBOARD_PATHS or path.startswith(_DASHBOARD_PREFIX)
+
+
+def _error_response(error: HeraldError, path: str = "") -> web.Response:
+    response = web.Response(body=_json.encode(error.to_wire()), status=error.status,
+                            content_type="application/json")
+    if isinstance(error, Unauthorized):
+        # RFC 9110 §11.6.1: a 401 names the scheme to use; Basic makes browsers ask.
+        response.headers["WWW-Authenticate"] = (
+            'Basic realm="Herald dashboard", charset="UTF-8"' if _is_dashboard(path)
+            else 'Bearer realm="Herald"')
+    if isinstance(error, RateLimited) and "retry_after" in error.details:
+        seconds = max(1, math.ceil(float(error.details["retry_after"])))
+        error.details["retry_after"] = seconds
+        response.body = _json.encode(error.to_wire())
+        response.headers["Retry-After"] = str(seconds)
+    return response
 
 
 _HTTP_CODES = {
@@ -89,7 +156,7 @@ async def errors_middleware(
             log.error("%s %s: %s", request.method, request.path, exc.message)
         if STREAMING in request:
             return _broken(request)
-        return _error_response(exc)
+        return _error_response(exc, request.path)
     except web.HTTPRedirection:
         raise
     except web.HTTPException as exc:
@@ -125,12 +192,42 @@ def _broken(request: web.Request) -> web.StreamResponse:
     return response
 
 
+def _ssl_object(request: web.Request) -> object:
+    transport = request.transport
+    return transport.get_extra_info("ssl_object") if transport is not None else None
+
+
 @web.middleware
 async def auth_middleware(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path not in _PUBLIC_PATHS:
-        request[PRINCIPAL] = request.app[AUTH].authenticate(request.headers.get("Authorization"))
+    if request.path in _PUBLIC_PATHS:
+        return await handler(request)
+    auth = request.app[AUTH]
+    ssl_object = _ssl_object(request)
+    certificate = client_certificate_of(ssl_object)
+    if (certificate is not None and certificate.problem is not None
+            and isinstance(ssl_object, PyOpenSSLObject) and not ssl_object.refusal_logged):
+        # One line per connection, in words, naming the certificate: the lesson of
+        # people losing days to "unsupported certificate purpose".
+        ssl_object.refusal_logged = True
+        log.warning("refused client certificate from %s: %s [%s]", request.remote,
+                    certificate.problem.message, certificate.problem.code)
+    authorization = request.headers.get("Authorization")
+    if _is_dashboard(request.path):
+        user = await auth.login(authorization, request.remote or "unknown", certificate)
+        request[USER] = user
+        key = f"user:{user}"
+    else:
+        principal = auth.authenticate(authorization, certificate)
+        request[PRINCIPAL] = principal
+        key = "" if principal.admin else f"principal:{principal.name}"
+    if key:
+        wait = request.app[SETTINGS].rate_limiter.take(key)
+        if wait > 0:
+            limiter = request.app[SETTINGS].rate_limiter
+            raise RateLimited(f"more than {limiter.rate:g} requests per second; slow down",
+                              code="rate_limited", retry_after=wait)
     return await handler(request)
 
 
@@ -142,6 +239,13 @@ def _principal(request: web.Request) -> Principal:
 async def _on_prepare(request: web.Request, response: web.StreamResponse) -> None:
     response.headers["Strict-Transport-Security"] = _HSTS
     response.headers["X-Content-Type-Options"] = "nosniff"
+    await _server_header(request, response)
+
+
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    # Not aiohttp's "Python/3.11 aiohttp/3.x": versions help only those who look
+    # for known holes.
+    response.headers["Server"] = "Herald"
 
 
 # --- handlers ---------------------------------------------------------------------
@@ -152,7 +256,39 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def list_streams(request: web.Request) -> web.Response:
-    return _json_response({"streams": await request.app[HUB].streams()})
+    principal = _principal(request)
+    streams = await request.app[HUB].streams()
+    return _json_response({"streams": [s for s in streams if principal.may_subscribe(s.name)]})
+
+
+async def whoami(request: web.Request) -> web.Response:
+    principal = _principal(request)
+    return _json_response({
+        "name": principal.name, "via": principal.via, "admin": principal.admin,
+        "configured": principal.configured,
+        "publish": list(principal.publish), "subscribe": list(principal.subscribe),
+    })
+
+
+async def admin_principals(request: web.Request) -> web.Response:
+    _principal(request).require_admin()
+    auth = request.app[AUTH]
+    return _json_response({
+        "principals": [
+            {"name": p.name, "subject": p.subject, "token": p.token_sha256 is not None,
+             "publish": list(p.publish), "subscribe": list(p.subscribe), "admin": p.admin}
+            for p in auth.principals],
+        "users": [u.name for u in auth.users],
+        "require_client_cert": auth.require_client_cert,
+    })
+
+
+async def dashboard_home(request: web.Request) -> web.Response:
+    if request.path != "/":
+        raise web.HTTPNotFound()
+    streams = await request.app[HUB].streams()
+    return web.Response(body=render_home(request[USER], streams), content_type="text/html",
+                        charset="utf-8", headers=DASHBOARD_HEADERS)
 
 
 async def get_stream(request: web.Request) -> web.Response:
@@ -174,7 +310,13 @@ async def append_events(request: web.Request) -> web.Response:
         raise TooLarge(
             f"batch is {request.content_length} bytes; the limit is {hub.limits.max_batch_bytes}",
             code="batch_too_large", limit=hub.limits.max_batch_bytes)
-    body = await request.read()
+    try:
+        async with asyncio.timeout(request.app[SETTINGS].body_timeout):
+            body = await request.read()
+    except TimeoutError:
+        raise RequestTimeout(
+            f"the request body did not arrive within {request.app[SETTINGS].body_timeout:g} s",
+            code="request_timeout") from None
     result = await hub.append(stream, body, expected)
     return _json_response(result)
 
@@ -311,7 +453,9 @@ def _heartbeat(request: web.Request) -> float:
 # --- assembly ---------------------------------------------------------------------
 
 
-def create_app(hub: Hub, auth: Authenticator) -> web.Application:
+def create_app(hub: Hub, auth: Authenticator,
+               server: ServerConfig | None = None) -> web.Application:
+    server = server or ServerConfig()
     # The body limit is enforced by the hub with a named error; aiohttp's own limit
     # sits a little above it as a backstop.
     app = web.Application(
@@ -320,10 +464,16 @@ def create_app(hub: Hub, auth: Authenticator) -> web.Application:
     )
     app[HUB] = hub
     app[AUTH] = auth
+    app[SETTINGS] = Settings(body_timeout=server.body_timeout,
+                             rate_limiter=RateLimiter(server.rate_limit, server.rate_burst))
     app[LIVE] = weakref.WeakSet()
     app.on_response_prepare.append(_on_prepare)
     app.on_shutdown.append(_end_live_streams)
+    app.router.add_get("/", dashboard_home)
+    app.router.add_get("/favicon.ico", dashboard_home)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/whoami", whoami)
+    app.router.add_get("/v1/admin/principals", admin_principals)
     app.router.add_get("/v1/streams", list_streams)
     app.router.add_get("/v1/streams/{stream}", get_stream)
     app.router.add_post("/v1/streams/{stream}/events", append_events)
@@ -347,15 +497,31 @@ def _python() -> str:
         return sys.executable
 
 
-def _banner(config: Config, url: str, created: list[str], engine: Engine) -> str:
-    ca = _display(config.tls_dir / "ca.pem")
+def _banner(config: Config, url: str, created: list[str], engine: Engine,
+            redirect_url: str | None) -> str:
     token = _display(config.admin_token_path)
-    lines = [
-        f"Herald {__version__}: {engine.name} engine, data in {_display(config.data)}",
-        f"  CA certificate:     {ca}" + ("  (created)" if "tls" in created else ""),
-        f"  server certificate: {_display(config.tls_dir / 'server.pem')}",
-        f"  admin token:        {token} (mode 0600)"
-        + ("  (created)" if "token" in created else ""),
+    lines = [f"Herald {__version__}: {engine.name} engine, data in {_display(config.data)}"]
+    if config.tls.cert is None:
+        ca = _display(config.tls_dir / "ca.pem")
+        lines += [
+            f"  CA certificate:     {ca}" + ("  (created)" if "tls" in created else ""),
+            f"  server certificate: {_display(config.tls_dir / 'server.pem')}",
+        ]
+    else:
+        # Herald does not know which CA signed a certificate it was given.
+        ca = "YOUR-CA.pem"
+        lines.append(f"  server certificate: {_display(config.tls.cert)}")
+    lines.append(f"  admin token:        {token} (mode 0600)"
+                 + ("  (created)" if "token" in created else ""))
+    if config.tls.client_ca is not None:
+        need = "required" if config.tls.require_client_cert else "accepted"
+        lines.append(f"  client certificates: {need}, issued by "
+                     f"{_display(config.tls.client_ca)}")
+    lines.append(f"  principals: {len(config.principals)}, dashboard users: "
+                 f"{len(config.users)}")
+    if redirect_url is not None:
+        lines.append(f"Plain HTTP on {redirect_url} only redirects to HTTPS")
+    lines += [
         f"Herald is listening on {url}",
         "",
         "Try it:",
@@ -365,6 +531,121 @@ def _banner(config: Config, url: str, created: list[str], engine: Engine) -> str
         "",
     ]
     return "\n".join(lines)
+
+
+# --- the plain-HTTP port: redirects only --------------------------------------------
+
+# A Host header we are willing to put into a Location: a DNS name, an IPv4 address
+# or a bracketed IPv6 address, with an optional port. Anything else gets the
+# listener's own address instead of being echoed back.
+_HOST = re.compile(r"(?P<host>[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?|"
+                   r"\[[0-9A-Fa-f:.]{2,45}\])(?::\d{1,5})?")
+
+
+def create_redirect_app(https_port: int, fallback_host: str) -> web.Application:
+    """Answers every request with 308 to the same path on HTTPS; never serves data.
+
+    308 (RFC 9110 §15.4.9) keeps the method and body, so a POST is repeated over
+    HTTPS instead of turning into a GET; the body of the answer is empty.
+    """
+
+    async def redirect(request: web.Request) -> web.Response:
+        match = _HOST.fullmatch(request.headers.get("Host", ""))
+        host = match["host"] if match else fallback_host
+        port = "" if https_port == 443 else f":{https_port}"
+        target = f"https://{host}{port}{request.rel_url}"
+        return web.Response(status=308, headers={"Location": target, "Connection": "close"})
+
+    app = web.Application()
+    app.on_response_prepare.append(_server_header)
+    app.router.add_route("*", "/{tail:.*}", redirect)
+    return app
+
+
+# --- running ------------------------------------------------------------------------
+
+
+class _RequestHandler(RequestHandler):
+    """aiohttp's connection handler, answering requests it cannot parse our way.
+
+    aiohttp answers a malformed request (a header over the limit, a bad request
+    line) itself, before any middleware: plain text that echoes the first bytes of
+    the offending line, and an ERROR log line with a traceback — for every scanner
+    on the internet. Here: JSON with a stable code, nothing echoed, one INFO line.
+    """
+
+    __slots__ = ()
+
+    def handle_error(self, request: web.BaseRequest, status: int = 500,
+                     exc: BaseException | None = None,
+                     message: str | None = None) -> web.StreamResponse:
+        if request.writer.output_size > 0:
+            raise ConnectionError("an answer was already sent; the connection is broken")
+        error: HeraldError
+        if isinstance(exc, LineTooLong):
+            status = 431  # RFC 6585: Request Header Fields Too Large
+            error = HeraldError(f"a request line or header is longer than "
+                                f"{MAX_HEADER_FIELD_BYTES} bytes", code="headers_too_large")
+        elif status >= 500:
+            log.error("request from %s failed", request.remote, exc_info=exc)
+            error = ServerError("internal error; see the server log")
+        else:
+            error = InvalidRequest("malformed HTTP request", code="bad_request")
+        if status < 500:
+            log.info("malformed request from %s: %s", request.remote, type(exc).__name__)
+        response = web.Response(body=_json.encode(error.to_wire()), status=status,
+                                content_type="application/json", headers={"Server": "Herald"})
+        response.force_close()
+        return response
+
+
+class _Site(web.SockSite):
+    """aiohttp's SockSite with our connection handler and a TLS handshake timeout
+    (aiohttp passes none to asyncio, whose default is 60 s)."""
+
+    async def start(self) -> None:
+        await web.BaseSite.start(self)
+        server = self._runner.server
+        assert server is not None
+        loop = asyncio.get_running_loop()
+        options = server._kwargs  # the handler options given to the runner
+
+        def protocol() -> RequestHandler:
+            return _RequestHandler(server, loop=loop, **options)
+
+        tls: dict[str, Any] = {}
+        if self._ssl_context is not None:
+            tls = {"ssl": self._ssl_context,
+                   "ssl_handshake_timeout": TLS_HANDSHAKE_TIMEOUT_SECONDS}
+        self._server = await loop.create_server(protocol, sock=self._sock,
+                                                backlog=self._backlog, **tls)
+
+
+def _tls_context(config: Config, cert: Path, key: Path) -> Any:
+    """The listener's TLS context; a clear error if a file is missing or wrong."""
+    client_ca = config.tls.client_ca
+    try:
+        if client_ca is None:
+            return server_context(cert, key)
+        if not client_ca.is_file():
+            raise HeraldError(f"[tls] client_ca: {client_ca} does not exist",
+                              code="invalid_config")
+        return MutualTLSContext(cert, key, client_ca)
+    except (OSError, ssl.SSLError, SSL.Error) as exc:
+        files = f"{cert}, {key}" + (f", {client_ca}" if client_ca else "")
+        raise HeraldError(f"cannot load the TLS files ({files}): {exc}",
+                          code="invalid_config") from exc
+
+
+def _runner(app: web.Application, server: ServerConfig, **kwargs: Any) -> web.AppRunner:
+    return web.AppRunner(
+        app, access_log=None,
+        # The header timeout: aiohttp closes a connection that has not sent a whole
+        # request's headers within keepalive_timeout of connecting (or of its last
+        # answer), which is what stops a client sending headers byte by byte.
+        keepalive_timeout=server.header_timeout,
+        max_line_size=MAX_REQUEST_LINE_BYTES, max_field_size=MAX_HEADER_FIELD_BYTES,
+        max_headers=MAX_HEADERS, **kwargs)
 
 
 async def run_server(
@@ -383,22 +664,39 @@ async def run_server(
     token, token_created = ensure_admin_token(config.admin_token_path)
     if token_created:
         created.append("token")
-    ssl_context = server_context(cert, key)
+    ssl_context = _tls_context(config, cert, key)
+    auth = Authenticator(token, config.principals, config.users,
+                         require_client_cert=config.tls.require_client_cert)
 
     engine = create_engine(config)
     await engine.open()
     hub = Hub(engine, config.limits)
-    app = create_app(hub, Authenticator(token))
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
+    app = create_app(hub, auth, config.server)
+    runners = [_runner(app, config.server, handler_cancellation=True)]
+    await runners[0].setup()
     host, port = parse_listen(config.server.listen)
     sock = _listen_socket(host, port)
-    site = web.SockSite(runner, sock, ssl_context=ssl_context)
+    site = _Site(runners[0], sock, ssl_context=ssl_context)
     await site.start()
     bound = sock.getsockname()
-    shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
-    url = f"https://{shown}:{bound[1]}"
-    print(_banner(config, url, created, engine), flush=True)
+    url = f"https://{_show_host(bound[0])}:{bound[1]}"
+
+    redirect_url = None
+    if config.server.http_redirect is not None:
+        fallback = host if host not in ("0.0.0.0", "::") else "localhost"
+        redirect_runner = _runner(
+            create_redirect_app(bound[1], _show_host(fallback)), config.server,
+            # Never read a body it will not use: close instead of draining it.
+            lingering_time=0)
+        runners.append(redirect_runner)
+        await redirect_runner.setup()
+        plain = _listen_socket(*parse_listen(config.server.http_redirect,
+                                             "[server] http_redirect"))
+        await _Site(redirect_runner, plain).start()
+        plain_bound = plain.getsockname()
+        redirect_url = f"http://{_show_host(plain_bound[0])}:{plain_bound[1]}"
+
+    print(_banner(config, url, created, engine, redirect_url), flush=True)
     if ready is not None:
         ready(url)
 
@@ -413,8 +711,13 @@ async def run_server(
         await stop.wait()
     finally:
         log.info("shutting down")
-        await runner.cleanup()
+        for runner in reversed(runners):
+            await runner.cleanup()
         await engine.close()
+
+
+def _show_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
 
 
 def _listen_socket(host: str, port: int) -> socket.socket:

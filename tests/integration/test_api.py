@@ -660,7 +660,7 @@ async def test_bad_expected_head_appends_nothing(limited: Api, guarded: str, val
     assert error["parameter"] == "expected_head"
 
 
-@pytest.mark.parametrize("path", ["/", "/v1", "/v2/streams", "/v1/streams/s/events/0",
+@pytest.mark.parametrize("path", ["/v1", "/v2/streams", "/v1/streams/s/events/0",
                                   "/v1/stream/s"])
 async def test_unknown_route(limited: Api, path: str) -> None:
     assert_error(await limited.request("GET", path), 404, "not_found")

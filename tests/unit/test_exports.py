@@ -33,6 +33,7 @@ EXPORTED = [
     "ProtocolError",
     "RateLimited",
     "ReadResult",
+    "RequestTimeout",
     "ServerError",
     "StorageFull",
     "StorageUnavailable",
