@@ -15,7 +15,7 @@ NGINX_STREAM_MODULE := /usr/lib/nginx/modules/ngx_stream_module.so
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $(STAMP)
 
 serve: $(STAMP)
