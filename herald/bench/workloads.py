@@ -89,7 +89,8 @@ async def _w2(url: str, token: str, ca: str, stream: str, events: int,
     return {"events": float(received), "seconds": elapsed, "rate": received / elapsed}
 
 
-async def _w4(url: str, token: str, ca: str, stream: str) -> dict[str, float]:
+async def _w4(url: str, token: str, ca: str, stream: str,
+              seconds: float = W4_SECONDS) -> dict[str, float]:
     """Producer and subscriber in one process, so one clock measures both ends.
 
     The producer sends ``W4_BATCH`` events every ``W4_BATCH / W4_RATE`` seconds,
@@ -100,7 +101,7 @@ async def _w4(url: str, token: str, ca: str, stream: str) -> dict[str, float]:
 
     encoder = msgspec.json.Encoder()
     latencies: list[float] = []
-    total = int(W4_RATE * W4_SECONDS)
+    total = int(W4_RATE * seconds)
     async with _client(url, token, ca) as producer, _client(url, token, ca) as consumer:
         head = (await producer.append(stream, [make_event(0)])).head
         sent_at: dict[int, float] = {}
