@@ -5,7 +5,7 @@
     herald tail    STREAM [--from N] [--follow]                    JSON lines out
     herald streams [--json]
     herald check   --data DIR [--repair]
-    herald bench   [--quick] [--output BENCH.md]
+    herald bench   [--quick] [--output BENCH.md] [--peers]
     herald certs   ca | server NAME [--san NAME…] | client MODULE   PEM files; keys 0600
     herald users   hash                    a [[user]] password_hash (password on stdin)
     herald tokens  new | hash              a Bearer token and its token_sha256
@@ -373,6 +373,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--events", type=int, default=1_000_000, help="events for W1-W3")
     bench.add_argument("--output", default="BENCH.md", help="report file (BENCH.md)")
     bench.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated list")
+    peers = bench.add_argument_group("peers (--peers)")
+    peers.add_argument("--peers", action="store_true",
+                       help="run the workloads against Herald and its peers side by side "
+                            "(NATS JetStream, Redis Streams, PostgreSQL, a raw file, "
+                            "loopback TLS) and write BENCH.md's Peers section")
+    peers.add_argument("--systems", default="herald,nats,redis,postgres,file,tls",
+                       help="with --peers: comma-separated list of systems")
+    peers.add_argument("--nats-url", default="nats://127.0.0.1:4222", help="NATS server")
+    peers.add_argument("--redis-url", default="redis://127.0.0.1:6379/0", help="Redis server")
+    peers.add_argument("--postgres-dsn", default="postgresql://postgres@127.0.0.1:5432/"
+                       "herald_peers", help="PostgreSQL database (created if missing)")
+    peers.add_argument("--w4-seconds", type=float, default=None,
+                       help="with --peers: W4's duration (default 10 s)")
     bench.set_defaults(func=cmd_bench)
 
     certs = commands.add_parser("certs", help="make a CA, server and client certificates")

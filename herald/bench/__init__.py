@@ -129,6 +129,10 @@ class Measure:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if getattr(args, "peers", False):
+        from .peers import run_peers
+
+        return run_peers(args)
     workloads = {w.strip().upper() for w in args.workloads.split(",")}
     events = 20_000 if args.quick else args.events
     runs = 1 if args.quick else max(1, args.runs)
