@@ -1,0 +1,483 @@
+"""The soak: a real ``herald serve`` under a steady load for minutes, watched.
+
+One producer appends at a fixed rate (by default half of W1, measured first on a
+fresh server) while live subscribers (``--subscribers``, spread over a few client
+processes) follow the stream from position 0 and check that every event arrives once
+and in order. Every second the server's resident memory (``VmRSS`` in
+``/proc/PID/status``), open file descriptors (``/proc/PID/fd``), threads and CPU time
+are sampled into a CSV; a plot goes to ``docs/soak.png`` and the verdict — computed
+from the samples after the warm-up — to BENCH.md's ``## Soak`` section.
+
+Run with ``python bench/soak.py`` (see ``--help``); not part of ``make test``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import multiprocessing
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from ..client import AsyncClient
+from . import herald_server, machine_description, write_section
+from .workloads import BATCH, W1_IN_FLIGHT, make_event, run_in_process
+
+__all__ = ["main", "analyse", "Sample", "Verdict"]
+
+STREAM = "soak"
+# How long subscribers get, after the producer stops, to reach the last event.
+DEFAULT_DRAIN_SECONDS = 60.0
+# Growth after the warm-up that still counts as "no growth": allocator and page
+# noise, not a leak (a leak at the soak's rates grows by far more in minutes).
+RSS_TOLERANCE_MIB = 8.0
+RSS_TOLERANCE_FRACTION = 0.05
+FD_TOLERANCE = 2
+
+
+# --- the client processes ------------------------------------------------------------
+
+
+def _producer(url: str, token: str, ca: str, rate: float, batch: int, seconds: float,
+              produced: Any) -> dict[str, float]:
+    """Append ``batch`` events every ``batch / rate`` s for ``seconds``, at most
+    ``W1_IN_FLIGHT`` appends in flight: when the server is slower than the rate, the
+    producer falls behind (and says so) rather than piling up requests."""
+    import msgspec
+
+    async def run() -> dict[str, float]:
+        body = msgspec.json.encode([make_event(i) for i in range(batch)])
+        window = asyncio.Semaphore(W1_IN_FLIGHT)
+        acknowledged = 0
+        tasks: set[asyncio.Task[None]] = set()
+        async with AsyncClient(url, token=token, ca=ca) as client:
+
+            async def append() -> None:
+                nonlocal acknowledged
+                try:
+                    await client.append(STREAM, body)
+                    acknowledged += batch
+                    produced.value = acknowledged
+                finally:
+                    window.release()
+
+            start = time.perf_counter()
+            sent = 0
+            worst_lag = 0.0
+            while True:
+                now = time.perf_counter()
+                if now - start >= seconds:
+                    break
+                due = start + sent / rate
+                if due > now:
+                    await asyncio.sleep(min(due - now, seconds - (now - start)))
+                    continue
+                worst_lag = max(worst_lag, now - due)
+                await window.acquire()
+                task = asyncio.create_task(append())
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                sent += batch
+            await asyncio.gather(*tasks)
+            elapsed = time.perf_counter() - start
+        return {"events": float(acknowledged), "seconds": elapsed,
+                "rate": acknowledged / elapsed, "worst_lag_s": worst_lag}
+
+    return asyncio.run(run())
+
+
+def _subscribers(url: str, token: str, ca: str, indices: list[int], counts: Any,
+                 final_head: Any, deadline: Any, ready: Any) -> list[dict[str, Any]]:
+    """Live subscriptions from position 0; each checks that every batch starts where
+    the last one ended (no gap, no duplicate, in order) and that the first event of
+    each batch is the producer's. ``counts[i]`` is subscriber i's next position."""
+
+    async def follow(i: int, connected: asyncio.Event) -> dict[str, Any]:
+        expected = 0
+        problem = ""
+        async with AsyncClient(url, token=token, ca=ca) as client, \
+                client.subscribe(STREAM, 0) as subscription:
+            async for events in subscription.batches():
+                first = events[0]
+                if first.position != expected or events[-1].position != expected + len(
+                        events) - 1:
+                    problem = (f"expected position {expected}, got {first.position}…"
+                               f"{events[-1].position}")
+                    break
+                if first.data["order_id"] != f"ord-{first.position % BATCH:012d}":
+                    problem = f"event {first.position} is not the one appended"
+                    break
+                expected += len(events)
+                counts[i] = expected
+                connected.set()
+                final = final_head.value
+                if 0 <= final <= expected:
+                    break
+        return {"index": i, "received": expected, "problem": problem}
+
+    async def run() -> list[dict[str, Any]]:
+        connected = {i: asyncio.Event() for i in indices}
+        tasks = {i: asyncio.create_task(follow(i, connected[i])) for i in indices}
+        await asyncio.gather(*(e.wait() for e in connected.values()))
+        ready.put(len(indices))
+        # A subscriber at the head waits for the next event: stop those at the final
+        # head, and everyone at the deadline.
+        while not all(t.done() for t in tasks.values()):
+            await asyncio.sleep(0.25)
+            final = final_head.value
+            for i, task in tasks.items():
+                if not task.done() and (0 <= final <= counts[i] or (
+                        deadline.value and time.time() > deadline.value)):
+                    task.cancel()
+        results = []
+        for i, task in tasks.items():
+            if task.cancelled():
+                results.append({"index": i, "received": counts[i], "problem": ""})
+            else:
+                results.append(task.result())
+        return results
+
+    return asyncio.run(run())
+
+
+def _child(queue: Any, func: Any, args: tuple[Any, ...]) -> None:
+    try:
+        queue.put(("ok", func(*args)))
+    except BaseException as exc:
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
+
+
+# --- sampling the server -------------------------------------------------------------
+
+
+@dataclass
+class Sample:
+    seconds: float
+    phase: str  # warm-up, steady, drain
+    rss_mib: float
+    fds: int
+    threads: int
+    cpu_percent: float
+    head: int
+    slowest: int
+    median: int
+    fastest: int
+
+
+def _read_proc(pid: int) -> tuple[float, int, int, float]:
+    """RSS in MiB, open fds, threads, CPU seconds (user + system) of ``pid``."""
+    rss_kib = threads = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss_kib = int(line.split()[1])
+        elif line.startswith("Threads:"):
+            threads = int(line.split()[1])
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
+    # /proc/PID/stat: fields 14 and 15 (utime, stime) after the ")" of the name.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return rss_kib / 1024, fds, threads, cpu
+
+
+# --- the verdict ---------------------------------------------------------------------
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    rss_after_warmup: float
+    rss_end: float
+    rss_max: float
+    rss_slope_mib_per_min: float
+    rss_growth_mib: float
+    fds_after_warmup: int
+    fds_end: int
+    fds_min: int
+    fds_max: int
+    fds_growth: float
+    text: str
+
+
+def _slope(xs: list[float], ys: list[float]) -> float:
+    """Least-squares slope of ys over xs."""
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys,
+                                                                        strict=True)) / var
+
+
+def analyse(samples: list[Sample]) -> Verdict:
+    """No growth after warm-up: the RSS fitted over the steady phase grows by less than
+    ``max(RSS_TOLERANCE_MIB, RSS_TOLERANCE_FRACTION × RSS)``, and the open fds by at
+    most ``FD_TOLERANCE``."""
+    steady = [s for s in samples if s.phase == "steady"]
+    if len(steady) < 3:
+        raise ValueError("not enough samples after the warm-up to judge")
+    minutes = [s.seconds / 60 for s in steady]
+    rss = [s.rss_mib for s in steady]
+    fds = [float(s.fds) for s in steady]
+    head = max(3, len(steady) // 10)
+    rss_start = statistics.median(rss[:head])
+    rss_end = statistics.median(rss[-head:])
+    slope = _slope(minutes, rss)
+    span = minutes[-1] - minutes[0]
+    growth = slope * span
+    fd_growth = _slope(minutes, fds) * span
+    allowed = max(RSS_TOLERANCE_MIB, RSS_TOLERANCE_FRACTION * rss_start)
+    rss_ok = growth <= allowed and rss_end - rss_start <= allowed
+    fds_ok = fd_growth <= FD_TOLERANCE and max(fds) - fds[0] <= FD_TOLERANCE
+    ok = rss_ok and fds_ok
+    text = (
+        f"RSS {rss_start:.1f} MiB after the warm-up, {rss_end:.1f} MiB at the end "
+        f"(max {max(rss):.1f}); fitted slope {slope:+.2f} MiB/min, "
+        f"{growth:+.1f} MiB over {span:.1f} min (allowed {allowed:.1f}) — "
+        f"{'no growth' if rss_ok else '**grows**'}. Open fds {int(fds[0])} after the "
+        f"warm-up, {int(fds[-1])} at the end (range {int(min(fds))}–{int(max(fds))}, "
+        f"fitted {fd_growth:+.1f}) — {'no growth' if fds_ok else '**grows**'}."
+    )
+    return Verdict(ok, rss_start, rss_end, max(rss), slope, growth, int(fds[0]),
+                   int(fds[-1]), int(min(fds)), int(max(fds)), fd_growth, text)
+
+
+# --- the run -------------------------------------------------------------------------
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/soak.py",
+        description="Soak a real herald serve: a producer at a fixed rate, live "
+                    "subscribers, RSS and open fds sampled every second.")
+    parser.add_argument("--minutes", type=float, default=10.0, help="producing time (10)")
+    parser.add_argument("--rate", type=float, default=None,
+                        help="events/s (default: half of W1, measured first)")
+    parser.add_argument("--subscribers", type=int, default=100, help="live subscribers (100)")
+    parser.add_argument("--processes", type=int, default=4,
+                        help="client processes the subscribers are spread over (4)")
+    parser.add_argument("--batch", type=int, default=BATCH, help=f"events per append ({BATCH})")
+    parser.add_argument("--w1-events", type=int, default=1_000_000,
+                        help="events for the W1 that sets the default rate (1,000,000)")
+    parser.add_argument("--warmup", type=float, default=None,
+                        help="seconds of warm-up left out of the verdict "
+                             "(default: a fifth of the run, at most 120)")
+    parser.add_argument("--drain", type=float, default=DEFAULT_DRAIN_SECONDS,
+                        help="seconds subscribers get to reach the last event after "
+                             f"the producer stops ({DEFAULT_DRAIN_SECONDS:.0f})")
+    parser.add_argument("--output", default="BENCH.md", help="report file (BENCH.md)")
+    parser.add_argument("--csv", default="docs/soak.csv", help="samples (docs/soak.csv)")
+    parser.add_argument("--plot", default="docs/soak.png", help="plot (docs/soak.png)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    command = "python bench/soak.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    seconds = args.minutes * 60
+    warmup = args.warmup if args.warmup is not None else min(120.0, seconds / 5)
+    w1_rate = None
+    rate = args.rate
+    if rate is None:
+        with herald_server() as server:
+            w1 = run_in_process("W1", server.url, server.token, server.ca, "bench",
+                                args.w1_events)
+        w1_rate = w1["rate"]
+        rate = w1_rate / 2
+        print(f"W1 {w1_rate:,.0f} events/s: soaking at half, {rate:,.0f} events/s", flush=True)
+
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    ready = ctx.Queue()
+    produced = ctx.Value("q", 0, lock=False)
+    final_head = ctx.Value("q", -1, lock=False)
+    deadline = ctx.Value("d", 0.0, lock=False)
+    counts = ctx.Array("q", args.subscribers, lock=False)
+    samples: list[Sample] = []
+    Path(args.csv).parent.mkdir(parents=True, exist_ok=True)
+    with herald_server() as server, open(args.csv, "w", newline="") as csv_file:
+        pid = server.process.pid
+        conn = (server.url, server.token, server.ca)
+        # One batch before anyone subscribes: a subscriber that has it is connected.
+        asyncio.run(_append_first(*conn, args.batch))
+        groups = [list(range(args.subscribers))[p::args.processes]
+                  for p in range(args.processes)]
+        groups = [g for g in groups if g]
+        subscribers = [ctx.Process(target=_child, args=(
+            queue, _subscribers, (*conn, g, counts, final_head, deadline, ready)))
+            for g in groups]
+        for p in subscribers:
+            p.start()
+        connected = 0
+        while connected < args.subscribers:
+            try:
+                connected += ready.get(timeout=120)
+            except Exception:
+                failure = queue.get(timeout=1) if not queue.empty() else "no answer"
+                raise RuntimeError(f"subscribers did not connect: {failure}") from None
+        print(f"{args.subscribers} subscribers connected; producing {rate:,.0f} events/s "
+              f"for {args.minutes:g} min", flush=True)
+        producer = ctx.Process(target=_child, args=(
+            queue, _producer, (*conn, rate, args.batch, seconds, produced)))
+        writer = csv.writer(csv_file)
+        writer.writerow(["seconds", "phase", "rss_mib", "fds", "threads", "cpu_percent",
+                         "head", "slowest_subscriber", "median_subscriber",
+                         "fastest_subscriber"])
+        start = time.perf_counter()
+        producer.start()
+        _, _, _, cpu_before = _read_proc(pid)
+        last_cpu, last_t = cpu_before, start
+        next_sample = start + 1
+        results: list[tuple[str, Any]] = []
+        producer_result: dict[str, float] | None = None
+        phase = "warm-up"
+        while True:
+            time.sleep(max(0.0, next_sample - time.perf_counter()))
+            next_sample += 1
+            now = time.perf_counter()
+            rss, fds, threads, cpu = _read_proc(pid)
+            positions = sorted(counts[:])
+            elapsed = now - start
+            if phase == "warm-up" and elapsed >= warmup:
+                phase = "steady"
+            if phase != "drain" and not producer.is_alive():
+                phase = "drain"
+                final_head.value = args.batch + produced.value
+                deadline.value = time.time() + args.drain
+            sample = Sample(round(elapsed, 1), phase, round(rss, 2), fds, threads,
+                            round(100 * (cpu - last_cpu) / (now - last_t), 1),
+                            args.batch + produced.value, positions[0],
+                            positions[len(positions) // 2], positions[-1])
+            last_cpu, last_t = cpu, now
+            samples.append(sample)
+            writer.writerow([sample.seconds, sample.phase, sample.rss_mib, sample.fds,
+                             sample.threads, sample.cpu_percent, sample.head,
+                             sample.slowest, sample.median, sample.fastest])
+            csv_file.flush()
+            if int(elapsed) % 10 == 0:
+                print(f"{elapsed:6.0f} s {phase:8} RSS {rss:7.1f} MiB  fds {fds:4}  "
+                      f"head {sample.head:>12,}  slowest subscriber {positions[0]:>12,}",
+                      flush=True)
+            if phase == "drain" and all(not p.is_alive() for p in subscribers):
+                break
+        while not queue.empty() or len(results) < len(subscribers) + 1:
+            results.append(queue.get(timeout=60))
+        producer.join()
+        for p in subscribers:
+            p.join()
+    errors = [v for s, v in results if s != "ok"]
+    if errors:
+        raise RuntimeError(f"soak client failed: {errors[0]}")
+    subscriber_results: list[dict[str, Any]] = []
+    for _, value in results:
+        if isinstance(value, dict):
+            producer_result = value
+        else:
+            subscriber_results += value
+    assert producer_result is not None
+    final = args.batch + int(producer_result["events"])
+    verdict = analyse(samples)
+    plot(samples, Path(args.plot), warmup)
+    report = render(args, command, rate, w1_rate, warmup, producer_result, final,
+                    subscriber_results, samples, verdict)
+    write_section(Path(args.output), "Soak", report)
+    print(report)
+    print(f"wrote {args.csv}, {args.plot} and the Soak section of {args.output}")
+    return 0
+
+
+async def _append_first(url: str, token: str, ca: str, batch: int) -> None:
+    async with AsyncClient(url, token=token, ca=ca) as client:
+        await client.append(STREAM, [make_event(i) for i in range(batch)])
+
+
+def plot(samples: list[Sample], path: Path, warmup: float) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    t = [s.seconds / 60 for s in samples]
+    figure, (ax_rss, ax_fds, ax_pos) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    ax_rss.plot(t, [s.rss_mib for s in samples], color="tab:blue")
+    ax_rss.set_ylabel("server RSS (MiB)")
+    ax_rss.set_ylim(0, 1.15 * max(s.rss_mib for s in samples))
+    ax_fds.plot(t, [s.fds for s in samples], color="tab:orange")
+    ax_fds.set_ylabel("open fds")
+    ax_fds.set_ylim(0, 1.15 * max(s.fds for s in samples) + 1)
+    ax_pos.plot(t, [s.head / 1e6 for s in samples], label="head (appended)", color="black")
+    ax_pos.plot(t, [s.slowest / 1e6 for s in samples], label="slowest subscriber",
+                color="tab:red")
+    ax_pos.plot(t, [s.median / 1e6 for s in samples], label="median subscriber",
+                color="tab:green", linestyle="--")
+    ax_pos.set_ylabel("position (millions)")
+    ax_pos.set_xlabel("minutes")
+    ax_pos.legend(loc="upper left")
+    drain = next((s.seconds / 60 for s in samples if s.phase == "drain"), None)
+    for ax in (ax_rss, ax_fds, ax_pos):
+        ax.axvspan(0, warmup / 60, color="grey", alpha=0.15)
+        if drain is not None:
+            ax.axvspan(drain, t[-1], color="tab:blue", alpha=0.08)
+        ax.grid(alpha=0.3)
+    ax_rss.set_title("Herald soak (grey: warm-up, left out of the verdict; "
+                     "blue: producer stopped, subscribers finishing)", fontsize=9)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def render(args: argparse.Namespace, command: str, rate: float, w1_rate: float | None,
+           warmup: float, producer: dict[str, float], final: int,
+           subscribers: list[dict[str, Any]], samples: list[Sample],
+           verdict: Verdict) -> str:
+    complete = [s for s in subscribers if s["received"] == final and not s["problem"]]
+    problems = [s for s in subscribers if s["problem"]]
+    received = sorted(s["received"] for s in subscribers)
+    steady = [s for s in samples if s.phase == "steady"]
+    cpu = statistics.median(s.cpu_percent for s in steady) if steady else 0.0
+    origin = (f"half of W1 measured just before on a fresh server ({w1_rate:,.0f} "
+              "events/s)" if w1_rate else "given with `--rate`")
+    lines = [
+        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_description()}.",
+        f"Command: `{command}`.",
+        "",
+        f"A real `herald serve` (files engine, TLS) for {args.minutes:g} min: one producer "
+        f"appending batches of {args.batch:,} at {rate:,.0f} events/s ({origin}, at most "
+        f"{W1_IN_FLIGHT} appends in flight), {args.subscribers} live subscribers in "
+        f"{args.processes} client processes following the stream from position 0. The "
+        "server's RSS (`/proc/PID/status` VmRSS) and open file descriptors "
+        "(`/proc/PID/fd`) were sampled every second "
+        f"([{args.csv}]({args.csv}), plotted below); the first {warmup:.0f} s are "
+        "the warm-up, left out of the verdict.",
+        "",
+        f"![RSS, open fds and positions during the soak]({args.plot})",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| **verdict** | **{'no growth after warm-up' if verdict.ok else 'GROWTH'}**: "
+        f"{verdict.text} |",
+        f"| producer | {int(producer['events']):,} events acknowledged in "
+        f"{producer['seconds']:.0f} s = {producer['rate']:,.0f} events/s (target "
+        f"{rate:,.0f}; furthest behind schedule {producer['worst_lag_s']:.2f} s) |",
+        f"| subscribers | {len(complete)} of {len(subscribers)} received all {final:,} "
+        f"events in order with no gap or duplicate; {len(problems)} saw a problem"
+        + (f" (first: {problems[0]['problem']})" if problems else "")
+        + f"; positions at the end: slowest {received[0]:,}, median "
+        f"{received[len(received) // 2]:,} |",
+        f"| server CPU | median {cpu:.0f} % of one core after the warm-up |",
+    ]
+    if len(complete) < len(subscribers) and not problems:
+        lines += ["", f"Subscribers that did not reach the last event were behind when the "
+                      f"{args.drain:.0f} s drain ended: the fan-out ({args.subscribers} × "
+                      f"{rate:,.0f} events/s) is more than this machine delivers; every "
+                      "batch they did receive was checked in order."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
