@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -60,8 +61,9 @@ def herald_server(data: Path | None = None, extra: list[str] | None = None) -> I
          "--listen", "127.0.0.1:0", *(extra or [])],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )
+    drainer: threading.Thread | None = None
     try:
-        url = _wait_for_url(process)
+        url, drainer = _wait_for_url(process)
         yield Server(url, (directory / "admin-token").read_text().strip(),
                      str(directory / "tls" / "ca.pem"), directory, process)
     finally:
@@ -71,11 +73,17 @@ def herald_server(data: Path | None = None, extra: list[str] | None = None) -> I
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+        # The drainer reaches the end of the output once the server is gone; then the
+        # pipe can be closed (an open one is a ResourceWarning).
+        if drainer is not None:
+            drainer.join(10)
+        if process.stdout is not None:
+            process.stdout.close()
         if owned:
             shutil.rmtree(directory, ignore_errors=True)
 
 
-def _wait_for_url(process: subprocess.Popen[bytes]) -> str:
+def _wait_for_url(process: subprocess.Popen[bytes]) -> tuple[str, threading.Thread]:
     assert process.stdout is not None
     deadline = time.monotonic() + 60
     lines: list[str] = []
@@ -87,11 +95,10 @@ def _wait_for_url(process: subprocess.Popen[bytes]) -> str:
         match = re.search(r"listening on (https://\S+)", line)
         if match:
             # Keep draining output so the server never blocks on a full pipe.
-            import threading
-
-            threading.Thread(target=lambda: process.stdout.read() if process.stdout else None,
-                             daemon=True).start()
-            return match.group(1)
+            drainer = threading.Thread(
+                target=lambda: process.stdout.read() if process.stdout else None, daemon=True)
+            drainer.start()
+            return match.group(1), drainer
     raise RuntimeError("herald serve did not start in 60 s")
 
 
