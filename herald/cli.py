@@ -4,6 +4,8 @@
     herald publish STREAM [FILE] [--batch N] [--expected-head N]   JSON lines in
     herald tail    STREAM [--from N] [--follow]                    JSON lines out
     herald streams [--json]
+    herald gather status [--json] [--watch [--until-caught-up]]
+    herald gather skip NAME POSITION                                skip a bad source row
     herald check   --data DIR [--repair]
     herald bench   [--quick] [--output BENCH.md]
 
@@ -170,6 +172,90 @@ def cmd_streams(args: argparse.Namespace) -> int:
     return 0
 
 
+# The --watch display refreshes this often: fast enough to see a backfill move, slow
+# enough to cost the server nothing.
+WATCH_INTERVAL_SECONDS = 1.0
+
+
+def _gather_rows(statuses: list[Any]) -> Any:
+    from rich.table import Table
+
+    table = Table("gatherer", "stream", "state", "source position", "source max", "head",
+                  "lag (events)", "lag (s)", "last error")
+    for g in statuses:
+        error = ""
+        if g.last_error is not None:
+            error = f"{g.last_error.code}: {g.last_error.message}"
+        table.add_row(g.name, g.stream, g.state.value, _num(g.source_position),
+                      _num(g.source_max), f"{g.stream_head:,}", _num(g.lag_events),
+                      f"{g.lag_seconds:.1f}", error)
+    return table
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def cmd_gather_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    with _connect(args) as client:
+        if not args.watch:
+            statuses = client.gatherers()
+            if args.json:
+                sys.stdout.buffer.write(_encoder.encode(statuses) + b"\n")
+                return 0
+            Console().print(_gather_rows(statuses))
+            return 0
+        return _watch_gatherers(client, args.until_caught_up)
+
+
+def _watch_gatherers(client: Client, until_caught_up: bool) -> int:
+    """Progress bars (events in the stream against events in the source), live."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[state]}"), TimeRemainingColumn())
+    tasks: dict[str, Any] = {}
+    with Live(console=_stderr_console(), refresh_per_second=4) as live:
+        while True:
+            statuses = client.gatherers()
+            for g in statuses:
+                total = g.stream_head + (g.lag_events or 0)
+                if g.name not in tasks:
+                    tasks[g.name] = progress.add_task(f"{g.name} → {g.stream}", total=total,
+                                                      state=g.state.value)
+                progress.update(tasks[g.name], completed=g.stream_head, total=total,
+                                state=g.state.value)
+            parts: list[Any] = [progress]
+            parts += [f"[red]{g.name}: {g.last_error.message}[/red]" for g in statuses
+                      if g.last_error is not None
+                      and g.state.value in ("retrying", "stopped-bad-row")]
+            live.update(Group(*parts))
+            if until_caught_up and all(g.state.value == "live" and not g.lag_events
+                                       for g in statuses):
+                return 0
+            time.sleep(WATCH_INTERVAL_SECONDS)
+
+
+def cmd_gather_skip(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        skip = client.gather_skip(args.name, args.position)
+    print(f"gatherer {args.name}: the row at position {skip.position} is skipped "
+          f"(recorded: {skip.by}, {skip.at:%Y-%m-%d %H:%M:%S} UTC)")
+    return 0
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn
 
@@ -242,6 +328,24 @@ def build_parser() -> argparse.ArgumentParser:
     streams.add_argument("--json", action="store_true", help="print JSON")
     _client_options(streams)
     streams.set_defaults(func=cmd_streams)
+
+    gather = commands.add_parser("gather", help="gatherers: status, skip a bad row")
+    gather_commands = gather.add_subparsers(dest="gather_command", required=True,
+                                            metavar="COMMAND")
+    status = gather_commands.add_parser("status", help="every gatherer's state and lag")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--watch", action="store_true",
+                        help="show backfill progress bars until interrupted")
+    status.add_argument("--until-caught-up", action="store_true",
+                        help="with --watch: stop once every gatherer is live with no lag")
+    _client_options(status)
+    status.set_defaults(func=cmd_gather_status)
+    skip = gather_commands.add_parser(
+        "skip", help="leave out the source row a gatherer is stopped at (recorded)")
+    skip.add_argument("name", help="the gatherer")
+    skip.add_argument("position", type=int, help="the source position it is stopped at")
+    _client_options(skip)
+    skip.set_defaults(func=cmd_gather_skip)
 
     check = commands.add_parser("check", help="verify a data directory's records and indexes")
     check.add_argument("--data", help=f"data directory (default {DEFAULT_DATA_DIR})")

@@ -35,6 +35,7 @@ from .errors import (
     TransportError,
     error_from_wire,
 )
+from .gather.status import GathererStatus, GatherSkip
 from .model import AppendResult, Event, StreamInfo, id_suffixes, time_from_us
 
 __all__ = ["AsyncClient", "Client", "AsyncSubscription", "Subscription", "ReadResult"]
@@ -68,6 +69,15 @@ class _Page(msgspec.Struct):
 
 class _Streams(msgspec.Struct):
     streams: list[StreamInfo]
+
+
+class _Gatherers(msgspec.Struct):
+    gatherers: list[GathererStatus]
+
+
+class _Skipped(msgspec.Struct):
+    skip: GatherSkip
+    gatherer: GathererStatus
 
 
 _batch_decoder = msgspec.json.Decoder(_WireBatch)
@@ -225,6 +235,23 @@ class AsyncClient:
         answer = await self._request("GET", f"/v1/streams/{stream}")
         return msgspec.json.decode(answer, type=StreamInfo)
 
+    async def gatherers(self) -> list[GathererStatus]:
+        """Every gatherer's status (admin)."""
+        answer = await self._request("GET", "/v1/gatherers")
+        return _decode(answer, _Gatherers).gatherers
+
+    async def gatherer(self, name: str) -> GathererStatus:
+        answer = await self._request("GET", f"/v1/gatherers/{name}")
+        return _decode(answer, GathererStatus)
+
+    async def gather_skip(self, name: str, position: int) -> GatherSkip:
+        """Skip the source row gatherer ``name`` is stopped at (admin; recorded with
+        who and when). Conflict unless it is stopped at exactly ``position``."""
+        answer = await self._request(
+            "POST", f"/v1/gatherers/{name}/skip", data=_encoder.encode({"position": position}),
+            headers={"Content-Type": "application/json"})
+        return _decode(answer, _Skipped).skip
+
     def subscribe(
         self, stream: str, start: int = 0, *, follow: bool = True,
         heartbeat: float | None = None,
@@ -234,6 +261,13 @@ class AsyncClient:
         Use ``async with client.subscribe(…) as sub: async for event in sub``.
         """
         return AsyncSubscription(self, stream, start, follow=follow, heartbeat=heartbeat)
+
+
+def _decode(answer: bytes, type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(answer, type=type_)
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"unexpected answer: {exc}") from exc
 
 
 def _error(status: int, body: bytes) -> HeraldError:
@@ -416,6 +450,15 @@ class Client:
 
     def stream(self, stream: str) -> StreamInfo:
         return self._run(self._async.stream(stream))
+
+    def gatherers(self) -> list[GathererStatus]:
+        return self._run(self._async.gatherers())
+
+    def gatherer(self, name: str) -> GathererStatus:
+        return self._run(self._async.gatherer(name))
+
+    def gather_skip(self, name: str, position: int) -> GatherSkip:
+        return self._run(self._async.gather_skip(name, position))
 
     def subscribe(self, stream: str, start: int = 0, *, follow: bool = True,
                   heartbeat: float | None = None) -> Subscription:

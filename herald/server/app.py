@@ -10,6 +10,10 @@ Routes::
            application/json (default)        {"events": […], "next": N, "head": H}
            text/event-stream                 Server-Sent Events, catch up then follow
            application/vnd.herald.records    compact: raw records, catch up then follow
+    GET  /v1/gatherers                       every gatherer's status (admin)
+    GET  /v1/gatherers/{name}                one gatherer's status (admin)
+    POST /v1/gatherers/{name}/skip           {"position": N}: skip the bad row a
+                                             gatherer is stopped at (admin; recorded)
 
 Every error is ``{"error": {"code", "message", …}}`` with the status the error
 class names (see herald.errors); no stack trace ever reaches a client.
@@ -35,18 +39,20 @@ from ..certs import ensure_server_tls
 from ..config import Config, parse_listen
 from ..engines import create_engine
 from ..engines.base import Engine
-from ..errors import HeraldError, InvalidRequest, ServerError, TooLarge
+from ..errors import Forbidden, HeraldError, InvalidRequest, ServerError, TooLarge
+from ..gather.manager import GatherManager
 from ..hub import HEARTBEAT_SECONDS, Hub, render_json_page, render_sse
 from ..model import validate_position
 from .auth import Authenticator, Principal, ensure_admin_token
 from .tls import server_context
 
-__all__ = ["create_app", "run_server", "HUB", "AUTH"]
+__all__ = ["create_app", "run_server", "HUB", "AUTH", "GATHER"]
 
 log = logging.getLogger("herald.server")
 
 HUB = web.AppKey("hub", Hub)
 AUTH = web.AppKey("auth", Authenticator)
+GATHER = web.AppKey("gather", GatherManager)
 PRINCIPAL = "herald.principal"
 
 _json = msgspec.json.Encoder()
@@ -252,10 +258,50 @@ def _heartbeat(request: web.Request) -> float:
     return seconds
 
 
+# --- gatherers ----------------------------------------------------------------------
+
+
+def _require_admin(request: web.Request) -> Principal:
+    principal = _principal(request)
+    if not principal.admin:
+        raise Forbidden(f"{principal.name} may not manage gatherers", code="forbidden",
+                        permission="admin")
+    return principal
+
+
+class _SkipRequest(msgspec.Struct, forbid_unknown_fields=True):
+    position: int
+
+
+async def list_gatherers(request: web.Request) -> web.Response:
+    _require_admin(request)
+    return _json_response({"gatherers": request.app[GATHER].statuses()})
+
+
+async def get_gatherer(request: web.Request) -> web.Response:
+    _require_admin(request)
+    return _json_response(request.app[GATHER].get(request.match_info["name"]).status())
+
+
+async def skip_row(request: web.Request) -> web.Response:
+    principal = _require_admin(request)
+    try:
+        body = msgspec.json.decode(await request.read(), type=_SkipRequest)
+    except msgspec.MsgspecError as exc:
+        raise InvalidRequest(f'expected {{"position": N}}: {exc}', code="invalid_json") from exc
+    manager = request.app[GATHER]
+    name = request.match_info["name"]
+    skip = await manager.skip(name, body.position, principal.name)
+    log.warning("gatherer %s: %s skipped the row at position %d", name, principal.name,
+                body.position)
+    return _json_response({"skip": skip, "gatherer": manager.get(name).status()})
+
+
 # --- assembly ---------------------------------------------------------------------
 
 
-def create_app(hub: Hub, auth: Authenticator) -> web.Application:
+def create_app(hub: Hub, auth: Authenticator,
+               gatherers: GatherManager | None = None) -> web.Application:
     # The body limit is enforced by the hub with a named error; aiohttp's own limit
     # sits a little above it as a backstop.
     app = web.Application(
@@ -264,12 +310,16 @@ def create_app(hub: Hub, auth: Authenticator) -> web.Application:
     )
     app[HUB] = hub
     app[AUTH] = auth
+    app[GATHER] = gatherers or GatherManager(hub.engine, ())
     app.on_response_prepare.append(_on_prepare)
     app.router.add_get("/v1/health", health)
     app.router.add_get("/v1/streams", list_streams)
     app.router.add_get("/v1/streams/{stream}", get_stream)
     app.router.add_post("/v1/streams/{stream}/events", append_events)
     app.router.add_get("/v1/streams/{stream}/events", read_events)
+    app.router.add_get("/v1/gatherers", list_gatherers)
+    app.router.add_get("/v1/gatherers/{name}", get_gatherer)
+    app.router.add_post("/v1/gatherers/{name}/skip", skip_row)
     return app
 
 
@@ -289,7 +339,8 @@ def _python() -> str:
         return sys.executable
 
 
-def _banner(config: Config, url: str, created: list[str], engine: Engine) -> str:
+def _banner(config: Config, url: str, created: list[str], engine: Engine,
+            gatherers: GatherManager) -> str:
     ca = _display(config.tls_dir / "ca.pem")
     token = _display(config.admin_token_path)
     lines = [
@@ -298,6 +349,8 @@ def _banner(config: Config, url: str, created: list[str], engine: Engine) -> str
         f"  server certificate: {_display(config.tls_dir / 'server.pem')}",
         f"  admin token:        {token} (mode 0600)"
         + ("  (created)" if "token" in created else ""),
+        *(f"  gathering:          {g.source.describe()} → stream {g.stream} ({g.name})"
+          for g in gatherers.gatherers.values()),
         f"Herald is listening on {url}",
         "",
         "Try it:",
@@ -329,18 +382,25 @@ async def run_server(
 
     engine = create_engine(config)
     await engine.open()
+    try:
+        # Built before anything listens: a gatherer with a wrong setting stops Herald here.
+        gatherers = GatherManager(engine, config.gather, config.limits)
+    except BaseException:
+        await engine.close()
+        raise
     hub = Hub(engine, config.limits)
-    app = create_app(hub, Authenticator(token))
+    app = create_app(hub, Authenticator(token), gatherers)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
     await runner.setup()
     host, port = parse_listen(config.server.listen)
     sock = _listen_socket(host, port)
     site = web.SockSite(runner, sock, ssl_context=ssl_context)
     await site.start()
+    await gatherers.start()
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
     url = f"https://{shown}:{bound[1]}"
-    print(_banner(config, url, created, engine), flush=True)
+    print(_banner(config, url, created, engine, gatherers), flush=True)
     if ready is not None:
         ready(url)
 
@@ -355,6 +415,8 @@ async def run_server(
         await stop.wait()
     finally:
         log.info("shutting down")
+        # Gatherers first: they append to the engine, which closes last.
+        await gatherers.stop()
         await runner.cleanup()
         await engine.close()
 
