@@ -352,13 +352,15 @@ class Gatherer:
 
     async def stop(self) -> None:
         """Stop after the current step; the source is closed in its thread."""
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        # Cancel until it is done: on Python 3.11 asyncio.wait_for (inside the engine's
+        # wait) swallows a cancellation that arrives as its future completes, and the
+        # loop would carry on (seen: a stop() that never returned after a skip).
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=WAKE_SLICE_SECONDS)
+        if task is not None and not task.cancelled() and task.exception() is not None:
+            log.error("gatherer %s ended with an error", self.name, exc_info=task.exception())
         self.state = GatherState.STOPPED
         if self._worker is not None:
             worker, self._worker = self._worker, None
