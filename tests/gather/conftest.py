@@ -75,8 +75,9 @@ def pg_dsn() -> Iterator[str]:
 def mysql_connect(database: str | None = None, **options: Any) -> Any:
     import pymysql
 
+    options.setdefault("autocommit", True)
     return pymysql.connect(host=MYSQL_HOST, port=int(MYSQL_PORT or 3306), user="root",
-                           database=database, autocommit=True, **options)
+                           database=database, **options)
 
 
 @pytest.fixture
