@@ -590,6 +590,11 @@ class Gatherer:
             events.append(event)
             last = position
         bounds = self._progress.source_bounds
+        if not read.rows and not read.held and last is not None and (
+                bounds is None or bounds[1] < last):
+            # Caught up: the source holds nothing past `last`; a refresh may be a
+            # second old, this is now.
+            bounds = self._progress.source_bounds = (bounds[0] if bounds else last, last)
         if bounds is not None and (last is None or bounds[1] > last) and (
                 self._progress.behind_since is None):
             self._progress.behind_since = time.monotonic()

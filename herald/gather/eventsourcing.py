@@ -32,6 +32,7 @@ import base64
 import dataclasses
 import os
 from typing import Any
+from uuid import UUID
 
 import msgspec
 
@@ -90,6 +91,8 @@ class EventsourcingSource(Source):
         self.json = isinstance(transcoder, JSONTranscoder)
         self.table: str = recorder.events_table_name
         datastore = recorder.datastore
+        # UUID ids are shown as UUIDs whatever the store keeps (SQLite: hex, no dashes).
+        self.uuids = getattr(datastore, "originator_id_type", "uuid") == "uuid"
         if config.env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
             self.inner: PostgresSource | SqliteSource = self._postgres(recorder, datastore)
         else:
@@ -175,6 +178,11 @@ class EventsourcingSource(Source):
             data = msgspec.Raw(_encoder.encode({"base64": base64.b64encode(state).decode()}))
         else:
             data = self._json(state)
+        if self.uuids and not isinstance(originator_id, UUID):
+            try:
+                originator_id = UUID(str(originator_id))
+            except ValueError:
+                pass  # shown as stored
         meta = {"topic": topic, "originator_id": str(originator_id),
                 "originator_version": str(version), **meta}
         return NewEvent(type=topic.rpartition(":")[2], data=data, meta=meta)
