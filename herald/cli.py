@@ -180,16 +180,20 @@ WATCH_INTERVAL_SECONDS = 1.0
 def _gather_rows(statuses: list[Any]) -> Any:
     from rich.table import Table
 
-    table = Table("gatherer", "stream", "state", "source position", "source max", "head",
-                  "lag (events)", "lag (s)", "last error")
+    table = Table("gatherer", "stream", "state", "position", "source max", "head", "lag",
+                  "lag s")
+    table.columns[0].no_wrap = table.columns[2].no_wrap = True
     for g in statuses:
-        error = ""
-        if g.last_error is not None:
-            error = f"{g.last_error.code}: {g.last_error.message}"
         table.add_row(g.name, g.stream, g.state.value, _num(g.source_position),
-                      _num(g.source_max), f"{g.stream_head:,}", _num(g.lag_events),
-                      f"{g.lag_seconds:.1f}", error)
+                      _num(g.source_max), _num(g.stream_head), _num(g.lag_events),
+                      f"{g.lag_seconds:.1f}")
     return table
+
+
+def _gather_errors(statuses: list[Any]) -> list[str]:
+    """The last error of each gatherer that has one, for people."""
+    return [f"{g.name}: last error ({g.last_error.at:%H:%M:%S}): {g.last_error.message} "
+            f"[{g.last_error.code}]" for g in statuses if g.last_error is not None]
 
 
 def _num(value: int | None) -> str:
@@ -205,7 +209,10 @@ def cmd_gather_status(args: argparse.Namespace) -> int:
             if args.json:
                 sys.stdout.buffer.write(_encoder.encode(statuses) + b"\n")
                 return 0
-            Console().print(_gather_rows(statuses))
+            console = Console()
+            console.print(_gather_rows(statuses))
+            for line in _gather_errors(statuses):
+                console.print(line, markup=False, highlight=False)
             return 0
         return _watch_gatherers(client, args.until_caught_up)
 
