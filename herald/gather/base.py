@@ -91,7 +91,9 @@ STATUS_REFRESH_SECONDS = 1.0
 # Operators' skip decisions are recorded durably in this stream (who, when, which
 # row, why). A gatherer stopped on a bad row waits on it.
 SKIP_STREAM = "_herald.gather.skips"
-SKIP_WAIT_SECONDS = 5.0
+# A gatherer stopped on a bad row reads the row again this often: if the module
+# fixed it in place, the gatherer moves on by itself, without a skip.
+BAD_ROW_RECHECK_SECONDS = 5.0
 # Rows are mapped into batches of at most this share of `max_batch_bytes`: the estimate
 # per row is cheap but not exact (JSON escaping), so keep a margin.
 BATCH_BYTES_SHARE = 0.5
@@ -395,8 +397,9 @@ class Gatherer:
 
     @property
     def stopped_at(self) -> UnmappableRow | None:
-        """The row this gatherer is stopped at, if it is."""
-        return self._progress.stopped_at if self.state is GatherState.STOPPED_BAD_ROW else None
+        """The bad row this gatherer is stopped at, if it is (also while it reads the
+        row again to see whether it was fixed)."""
+        return self._progress.stopped_at
 
     # the loop
 
@@ -435,7 +438,8 @@ class Gatherer:
             position=position if isinstance(position, int) else None)
 
     async def _session(self) -> None:
-        self.state = GatherState.STARTING
+        if self._progress.stopped_at is None:
+            self.state = GatherState.STARTING
         await self._call(self.source.open)
         while True:
             head, after = await self._resume()
@@ -478,7 +482,8 @@ class Gatherer:
         fence_delay = FENCE_RECHECK_INITIAL_SECONDS
         page = await self._call(self._collect, after, limit)
         while True:
-            self.state = GatherState.BACKFILLING if page.full else GatherState.LIVE
+            if page.bad is None or page.count:
+                self.state = GatherState.BACKFILLING if page.full else GatherState.LIVE
             # While this page is appended, the thread reads and maps the next one.
             prefetch = None
             if page.full and page.bad is None:
@@ -493,6 +498,11 @@ class Gatherer:
             if page.last is not None:
                 after = page.last
             self._progress.position = after
+            stopped = self._progress.stopped_at
+            if stopped is not None and after is not None and after >= stopped.position:
+                self._progress.stopped_at = None  # the row was fixed in the source
+                log.info("gatherer %s: row %d can be read now; going on", self.name,
+                         stopped.position)
             if page.bad is not None:
                 raise page.bad
             if prefetch is not None:
@@ -533,16 +543,27 @@ class Gatherer:
         return result.head
 
     async def _stopped(self, exc: UnmappableRow) -> None:
-        """Stay at the bad row until an operator skips it (``herald gather skip``)."""
+        """Stay at the bad row until an operator skips it (``herald gather skip``), or
+        for BAD_ROW_RECHECK_SECONDS: then the caller reads the row again."""
+        previous = self._progress.stopped_at
         self.state = GatherState.STOPPED_BAD_ROW
         self._progress.stopped_at = exc
-        self._failed(exc)
-        log.error("gatherer %s: %s [%s]; stopped until `herald gather skip %s %d`",
-                  self.name, exc.message, exc.code, self.name, exc.position)
-        while exc.position not in self._skipped:
-            await self.engine.wait(SKIP_STREAM, self.skips.head, SKIP_WAIT_SECONDS)
-            await self.skips.refresh()
+        if previous is None or previous.position != exc.position:
+            self._failed(exc)
+            log.error("gatherer %s: %s [%s]; stopped until `herald gather skip %s %d`",
+                      self.name, exc.message, exc.code, self.name, exc.position)
+        deadline = time.monotonic() + BAD_ROW_RECHECK_SECONDS
+        while True:
+            # The log may have grown meanwhile (a skip recorded while the row was read
+            # again, or on another node): look at it before waiting on it.
             self._skipped = self.skips.positions(self.name)
+            if exc.position in self._skipped:
+                break
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return  # read it again: it may have been fixed in place
+            await self.engine.wait(SKIP_STREAM, self.skips.head, remaining)
+            await self.skips.refresh()
         self._progress.stopped_at = None
         log.info("gatherer %s: row %d skipped; resuming", self.name, exc.position)
 

@@ -187,6 +187,20 @@ async def test_a_bad_row_stops_the_gatherer_until_it_is_skipped_and_recorded(
     assert [s.position for s in manager.statuses()[0].skips] == [4, 7]
 
 
+async def test_a_bad_row_fixed_in_the_source_is_gathered(
+        tmp_path: Path, engine: Engine, running: list[GatherManager]) -> None:
+    db = sqlite_db(tmp_path)
+    db.create_events()
+    db.insert([("T", '{"n": 0}', None, None), ("T", "{n: 1}", None, None)])
+    manager = await start(engine, running, db.config())
+    await wait_until(lambda: manager.statuses()[0].state is GatherState.STOPPED_BAD_ROW)
+    db.execute("""UPDATE events SET data = '{"n": 1}' WHERE id = 2""")
+    await wait_for_head(engine, "s", 2)
+    assert [e.data["n"] for e in await read_all(engine, "s")] == [0, 1]
+    await wait_until(lambda: manager.statuses()[0].state is GatherState.LIVE)
+    assert manager.get("g").stopped_at is None
+
+
 async def test_skips_survive_a_restart(db: SqlDb, engine: Engine,
                                        running: list[GatherManager]) -> None:
     db.create_events()
