@@ -364,7 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=3, help="runs per workload (median taken)")
     bench.add_argument("--events", type=int, default=1_000_000, help="events for W1-W3")
     bench.add_argument("--output", default="BENCH.md", help="report file (BENCH.md)")
-    bench.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated list")
+    bench.add_argument("--workloads", default="W1,W2,W3,W4",
+                       help="comma-separated list; G1 (gather backfill) and G2 (gather "
+                            "latency) need PostgreSQL and MariaDB")
+    bench.add_argument("--pg-admin", help="G1/G2: a PostgreSQL DSN allowed to create "
+                                          "databases (postgresql://postgres@127.0.0.1:5432/postgres)")
+    bench.add_argument("--mysql", help="G2: a MariaDB/MySQL URL allowed to create databases "
+                                       "(mysql://root@127.0.0.1:3306)")
     bench.set_defaults(func=cmd_bench)
     return parser
 
