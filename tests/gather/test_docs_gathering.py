@@ -32,8 +32,11 @@ def test_the_push_example_runs(server_factory: type[ServerProcess], tmp_path: Pa
 def test_the_config_examples_are_valid() -> None:
     import tomllib
 
-    examples = [tomllib.loads(re.sub(r"(?m)^  ", "", body)) for body in blocks("toml")]
-    assert len(examples) == 3
+    readme = [body for kind, body in BLOCK.findall((ROOT / "README.md").read_text())
+              if kind == "toml"]
+    examples = [tomllib.loads(re.sub(r"(?m)^  ", "", body))
+                for body in blocks("toml") + readme]
+    assert len(examples) == 4
     for example in examples:
         (gatherer,) = config_from_dict(example).gather
         assert gatherer.name and gatherer.stream
