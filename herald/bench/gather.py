@@ -36,6 +36,7 @@ MYSQL = "mysql://root@127.0.0.1:3306"
 # so that what is measured is the wake-up path, not queueing.
 G2_RATE = 50
 G2_SECONDS = 10.0
+G2_WARM_SECONDS = 2.0
 # The rows' data: like W1's events, about 250 bytes of JSON.
 _DATA_SQL = ("jsonb_build_object('order_id', 'ord-' || lpad(g::text, 12, '0'), "
              "'customer', 'cust-' || lpad((g %% 10007)::text, 8, '0'), "
@@ -119,7 +120,8 @@ def g1_backfill(admin: str, rows: int) -> dict[str, float]:
 # --- G2 ---------------------------------------------------------------------------------
 
 
-def _latencies(url: str, token: str, ca: str, insert: Any, stream: str) -> list[float]:
+def _latencies(url: str, token: str, ca: str, insert: Any,
+               stream: str) -> list[tuple[float, float]]:
     """Insert rows at G2_RATE (``insert()`` commits one, returns its id); the
     subscriber notes when each arrives. Latency: commit returned → event received."""
     from ..client import AsyncClient
@@ -154,16 +156,25 @@ def _latencies(url: str, token: str, ca: str, insert: Any, stream: str) -> list[
         await asyncio.wait_for(reader, 60)
 
     asyncio.run(main())
-    return sorted((received[k] - committed[k]) * 1000 for k in committed)
+    first = min(committed.values())
+    return [(committed[k] - first, (received[k] - committed[k]) * 1000) for k in committed]
 
 
 def _latency_run(source: str, dsn: str, notify: str | None, insert: Any) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="herald-bench-gather-") as tmp:
         config = _gather_config(Path(tmp) / "herald.toml", dsn, source, notify)
         with herald_server(Path(tmp) / "data", ["--config", str(config)]) as server:
-            ms = _latencies(server.url, server.token, server.ca, insert, "bench")
-    return {"p50_ms": statistics.median(ms), "p99_ms": ms[int(len(ms) * 0.99) - 1],
-            "max_ms": ms[-1], "count": float(len(ms))}
+            samples = _latencies(server.url, server.token, server.ca, insert, "bench")
+    ms = sorted(latency for _, latency in samples)
+    # A polled source that was idle has backed off (to POLL_MAX_SECONDS): the first
+    # rows wait for that. Past the first seconds, the steady state shows.
+    steady = sorted(latency for at, latency in samples if at >= G2_WARM_SECONDS)
+    return {"p50_ms": statistics.median(ms), "p99_ms": _p99(ms), "max_ms": ms[-1],
+            "steady_p99_ms": _p99(steady), "count": float(len(ms))}
+
+
+def _p99(values: list[float]) -> float:
+    return values[max(0, int(len(values) * 0.99) - 1)]
 
 
 def g2_postgres(admin: str, notify: bool) -> dict[str, float]:
@@ -254,7 +265,8 @@ def run_gather_bench(args: argparse.Namespace, workloads: set[str]) -> None:
             f"{max(r['copy_rate'] for r in results):,.0f} |",
             "", f"Gathering runs at {rate / copy:.0%} of the rate at which PostgreSQL can hand "
             "over the same rows at all. Rows carry ~250 bytes of JSON; the time runs from "
-            "the server's start to the stream holding every row.",
+            "the moment the server is listening (its gatherer already started) to the "
+            "stream holding every row.",
         ])
         write_section(output, "gather: PostgreSQL backfill", body)
         print(f"wrote {output}")
@@ -266,14 +278,18 @@ def run_gather_bench(args: argparse.Namespace, workloads: set[str]) -> None:
         lines = [header, f"One row per commit, {G2_RATE} commits/s for {G2_SECONDS:.0f} s; "
                  "latency from the writer's COMMIT returning to the subscriber (Python "
                  "client, compact stream) receiving the event.", "",
-                 "| source | p50 | p99 | max |", "|---|---|---|---|"]
+                 f"| source | p50 | p99 | max | p99 after the first {G2_WARM_SECONDS:.0f} s |",
+                 "|---|---|---|---|---|"]
         for name, run_variant in variants:
             r = run_variant()
             print(f"G2 {name}: p50 {r['p50_ms']:.1f} ms, p99 {r['p99_ms']:.1f} ms, "
-                  f"max {r['max_ms']:.1f} ms", flush=True)
+                  f"max {r['max_ms']:.1f} ms, steady p99 {r['steady_p99_ms']:.1f} ms",
+                  flush=True)
             lines.append(f"| {name} | **{r['p50_ms']:.1f} ms** | {r['p99_ms']:.1f} ms | "
-                         f"{r['max_ms']:.1f} ms |")
+                         f"{r['max_ms']:.1f} ms | {r['steady_p99_ms']:.1f} ms |")
         lines += ["", "Polled sources are read every 50 ms while rows keep coming, backing "
-                  "off to once a second when idle (herald/gather/base.py)."]
+                  "off to once a second when idle (herald/gather/base.py): the first rows "
+                  "after an idle spell wait up to a second, which is what the overall p99 "
+                  "and max show; the last column leaves the first seconds out."]
         write_section(output, "gather: commit → subscriber latency", "\n".join(lines))
         print(f"wrote {output}")
