@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test check proof bench clean
+.PHONY: serve test check proof bench bench-gather clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,10 @@ proof: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/herald bench
+
+# Gathering: 1,000,000 rows from PostgreSQL (and COPY), commit → subscriber latency.
+bench-gather: $(STAMP)
+	$(BIN)/herald bench --workloads G1,G2
 
 clean:
 	rm -rf $(VENV) herald-data .pytest_cache .mypy_cache .ruff_cache
