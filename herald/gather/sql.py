@@ -100,6 +100,9 @@ class Guard:
         """Called before a read: drop holders that ended; resolve when none is left."""
         raise NotImplementedError
 
+    def drop(self) -> None:
+        """The fence is no longer needed: release what finding its holders holds."""
+
 
 class Tail:
     """Reads a source in position order, safely when commits are out of order.
@@ -144,6 +147,10 @@ class Tail:
         if fence is not None and fence.resolved and bound is not None and not (
                 safe == len(rows) and full and position(rows[-1]) < bound):
             self.fence = fence = None  # settled and passed: its work is done
+        elif fence is not None and not fence.resolved and previous is not None and (
+                previous >= fence.bound):
+            self.fence = fence = None  # the gap filled in by itself: a dense run passed it
+            guard.drop()
         held = safe < len(rows)
         again = False
         if held and self.fence is None:
@@ -532,6 +539,9 @@ class InnodbTransactions(Guard):
         else:
             fence.holders = fence.holders & current
         fence.resolved = not fence.holders
+
+    def drop(self) -> None:
+        self._drop_marker()
 
     def _drop_marker(self) -> None:
         marker, self.marker, self.marker_id = self.marker, None, None
