@@ -470,7 +470,8 @@ class Gatherer:
 
     async def _copy(self, head: int, after: int | None) -> None:
         """Gather until something fails (an exception is the only way out)."""
-        limit = self.config.batch
+        # A batch is one append: it keeps to the limits every append keeps to.
+        limit = min(self.config.batch, self.limits.max_batch_events)
         poll = POLL_MIN_SECONDS
         fence_delay = FENCE_RECHECK_INITIAL_SECONDS
         page = await self._call(self._collect, after, limit)

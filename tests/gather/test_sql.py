@@ -323,3 +323,26 @@ def test_the_mapping_keeps_data_bytes_as_they_are() -> None:
     event = row_event((1, "T", '{"z": 1,  "a": [ ]}', None, None), {"source": "g"})
     assert bytes(event.data) == b'{"z": 1,  "a": [ ]}'
     assert msgspec.json.decode(msgspec.json.encode(event))["meta"] == {"source": "g"}
+
+
+async def test_batches_keep_to_the_append_limits(tmp_path: Path, engine: Engine) -> None:
+    from herald.model import Limits
+
+    db = sqlite_db(tmp_path)
+    db.create_events()
+    db.insert(rows(0, 23))
+    db.insert([("Big", json.dumps({"blob": "y" * 3000}), None, None) for _ in range(4)])
+    manager = GatherManager(engine, [db.config(batch=1000)],
+                            Limits(max_batch_events=5, max_batch_bytes=8000))
+    await manager.start()
+    try:
+        await wait_for_head(engine, "s", 27)
+    finally:
+        await manager.stop()
+    records = []
+    position = 0
+    while batch := await engine.read("s", position):
+        records += batch
+        position = batch[-1].end
+    assert max(r.count for r in records) <= 5
+    assert max(len(r.raw) for r in records) <= 8000
