@@ -385,7 +385,8 @@ class Gatherer:
             description=self.source.describe(), state=self.state,
             source_position=p.position, source_max=source_max, stream_head=p.head,
             lag_events=lag, lag_seconds=round(behind, 3), gathered=p.gathered,
-            conflicts=p.conflicts, started_at=p.started_at, last_error=p.failure,
+            conflicts=p.conflicts, started_at=p.started_at, duplicates=p.duplicates,
+            last_error=p.failure,
             skips=list(skips))
 
     @property
@@ -582,6 +583,7 @@ class Gatherer:
         # Per-row work is the cost of gathering: this loop is kept flat (no helper
         # calls for checks), measured with herald bench G1.
         max_event = limits.max_event_bytes - EVENT_OVERHEAD_BYTES
+        ids: set[str] = set()
         for row in read.rows:
             position = position_of(row)
             if position in skipped:
@@ -597,6 +599,12 @@ class Gatherer:
                 if event.id is not UNSET:
                     if not 0 < len(event.id) <= MAX_ID_LENGTH:
                         raise Unmappable(f"its id must be 1 to {MAX_ID_LENGTH} characters")
+                    if event.id in ids:
+                        # The engine refuses an id twice in one batch: end the batch
+                        # here; in the next one the dedup window answers for it.
+                        full = True
+                        break
+                    ids.add(event.id)
                     cost += len(event.id)
                 meta = event.meta
                 if len(meta) > 2:  # more than source and source_position

@@ -50,7 +50,9 @@ class GathererStatus(msgspec.Struct):
     ``source_max`` the highest position the source holds (refreshed about once a
     second); ``lag_events`` is their difference — exact for gap-free positions, an
     upper bound otherwise; ``lag_seconds`` is how long the gatherer has been behind
-    the source (0 when caught up).
+    the source (0 when caught up). ``duplicates`` counts events the engine did not
+    append because their id was already in the stream's dedup window: the source
+    repeats an event id (the first one stays; see docs/gathering.md).
     """
 
     name: str
@@ -66,5 +68,6 @@ class GathererStatus(msgspec.Struct):
     gathered: int
     conflicts: int
     started_at: datetime
+    duplicates: int = 0
     last_error: GatherFailure | None = None
     skips: list[GatherSkip] = []

@@ -346,3 +346,18 @@ async def test_batches_keep_to_the_append_limits(tmp_path: Path, engine: Engine)
         position = batch[-1].end
     assert max(r.count for r in records) <= 5
     assert max(len(r.raw) for r in records) <= 8000
+
+
+async def test_a_repeated_event_id_is_counted_not_hidden(tmp_path: Path, engine: Engine) -> None:
+    db = sqlite_db(tmp_path)
+    db.create_events()
+    db.insert([("T", '{"n": 0}', "same", None), ("T", '{"n": 1}', "other", None)])
+    db.insert([("T", '{"n": 2}', "same", None)])
+    manager = GatherManager(engine, [db.config()])
+    await manager.start()
+    try:
+        await wait_until(lambda: manager.statuses()[0].duplicates == 1)
+        await wait_until(lambda: manager.statuses()[0].state is GatherState.LIVE)
+    finally:
+        await manager.stop()
+    assert [e.data["n"] for e in await read_all(engine, "s")] == [0, 1]
