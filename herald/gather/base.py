@@ -270,9 +270,6 @@ class _Worker:
     def stop(self) -> None:
         self._queue.put(None)
 
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
 
 def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any,
              error: BaseException | None) -> None:
@@ -485,7 +482,7 @@ class Gatherer:
                 prefetch = asyncio.ensure_future(self._call(self._collect, page.last, limit))
             try:
                 if page.batch is not None:
-                    head = await self._append(page.batch, page.count, head)
+                    head = await self._append(page.batch, head)
             except BaseException:
                 if prefetch is not None:
                     prefetch.cancel()
@@ -525,7 +522,7 @@ class Gatherer:
         await asyncio.sleep(poll)
         return min(poll * 2, POLL_MAX_SECONDS)
 
-    async def _append(self, batch: Batch, count: int, head: int) -> int:
+    async def _append(self, batch: Batch, head: int) -> int:
         result = await self.engine.append(self.stream, batch, expected_head=head)
         if result.duplicates:
             # The source repeats an event id that is still in the stream's dedup window:
@@ -567,7 +564,7 @@ class Gatherer:
     def _collect(self, after: int | None, limit: int) -> _Page:
         """Read the next rows and map them into one batch (runs in the thread)."""
         source = self.source
-        self._refresh_max()
+        self._refresh_bounds()
         read = source.read(after, limit)
         skipped = self._skipped
         name = self.name
@@ -638,7 +635,7 @@ class Gatherer:
         batch = Batch(events, _encoder.encode(events)) if events else None
         return _Page(batch, len(events), last, full, read.held, bad)
 
-    def _refresh_max(self) -> None:
+    def _refresh_bounds(self) -> None:
         now = time.monotonic()
         if now - self._progress.source_bounds_at < STATUS_REFRESH_SECONDS:
             return
