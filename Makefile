@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test check proof bench clean system-tools
+.PHONY: serve test check proof bench bench-gather clean system-tools
 
 # The security tests drive real nginx (with its stream module), curl and openssl,
 # from Debian's packages. Installed here when missing, so a clean machine and CI
@@ -45,6 +45,10 @@ proof: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/herald bench
+
+# Gathering: 1,000,000 rows from PostgreSQL (and COPY), commit → subscriber latency.
+bench-gather: $(STAMP)
+	$(BIN)/herald bench --workloads G1,G2
 
 clean:
 	rm -rf $(VENV) herald-data .pytest_cache .mypy_cache .ruff_cache

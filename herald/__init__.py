@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 from .client import AsyncClient, AsyncSubscription, Client, ReadResult, Subscription
 from .errors import (
     ClientError,
+    Conflict,
     CorruptRecord,
     EmptyBatch,
     ExpectedHeadMismatch,
@@ -20,11 +21,14 @@ from .errors import (
     RateLimited,
     RequestTimeout,
     ServerError,
+    SourceError,
+    SourceUnavailable,
     StorageFull,
     StorageUnavailable,
     TooLarge,
     TransportError,
     Unauthorized,
+    UnmappableRow,
 )
 from .model import AppendResult, Duplicate, Event, Limits, StreamInfo
 
@@ -52,6 +56,7 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "ExpectedHeadMismatch",
+    "Conflict",
     "TooLarge",
     "RateLimited",
     "RequestTimeout",
@@ -59,6 +64,9 @@ __all__ = [
     "CorruptRecord",
     "StorageFull",
     "StorageUnavailable",
+    "SourceError",
+    "SourceUnavailable",
+    "UnmappableRow",
     "TransportError",
     "ProtocolError",
 ]

@@ -4,6 +4,8 @@
     herald publish STREAM [FILE] [--batch N] [--expected-head N]   JSON lines in
     herald tail    STREAM [--from N] [--follow]                    JSON lines out
     herald streams [--json]
+    herald gather status [--json] [--watch [--until-caught-up]]
+    herald gather skip NAME POSITION                                skip a bad source row
     herald check   --data DIR [--repair]
     herald bench   [--quick] [--output BENCH.md] [--peers]
     herald certs   ca | server NAME [--san NAME…] | client MODULE   PEM files; keys 0600
@@ -170,6 +172,97 @@ def cmd_streams(args: argparse.Namespace) -> int:
     for info in streams:
         table.add_row(info.name, str(info.head), f"{info.bytes:,}")
     Console().print(table)
+    return 0
+
+
+# The --watch display refreshes this often: fast enough to see a backfill move, slow
+# enough to cost the server nothing.
+WATCH_INTERVAL_SECONDS = 1.0
+
+
+def _gather_rows(statuses: list[Any]) -> Any:
+    from rich.table import Table
+
+    table = Table("gatherer", "stream", "state", "position", "source max", "head", "lag",
+                  "lag s")
+    table.columns[0].no_wrap = table.columns[2].no_wrap = True
+    for g in statuses:
+        table.add_row(g.name, g.stream, g.state.value, _num(g.source_position),
+                      _num(g.source_max), _num(g.stream_head), _num(g.lag_events),
+                      f"{g.lag_seconds:.1f}")
+    return table
+
+
+def _gather_errors(statuses: list[Any]) -> list[str]:
+    """The last error of each gatherer that has one, for people."""
+    return [f"{g.name}: last error ({g.last_error.at:%H:%M:%S}): {g.last_error.message} "
+            f"[{g.last_error.code}]" for g in statuses if g.last_error is not None]
+
+
+def _num(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def cmd_gather_status(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    with _connect(args) as client:
+        if not args.watch:
+            statuses = client.gatherers()
+            if args.json:
+                sys.stdout.buffer.write(_encoder.encode(statuses) + b"\n")
+                return 0
+            console = Console()
+            console.print(_gather_rows(statuses))
+            for line in _gather_errors(statuses):
+                console.print(line, markup=False, highlight=False)
+            return 0
+        return _watch_gatherers(client, args.until_caught_up)
+
+
+def _watch_gatherers(client: Client, until_caught_up: bool) -> int:
+    """Progress bars (events in the stream against events in the source), live."""
+    import time
+
+    from rich.console import Group
+    from rich.live import Live
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[state]}"), TimeRemainingColumn())
+    tasks: dict[str, Any] = {}
+    with Live(console=_stderr_console(), refresh_per_second=4) as live:
+        while True:
+            statuses = client.gatherers()
+            for g in statuses:
+                total = g.stream_head + (g.lag_events or 0)
+                if g.name not in tasks:
+                    tasks[g.name] = progress.add_task(f"{g.name} → {g.stream}", total=total,
+                                                      state=g.state.value)
+                progress.update(tasks[g.name], completed=g.stream_head, total=total,
+                                state=g.state.value)
+            parts: list[Any] = [progress]
+            parts += [f"[red]{g.name}: {g.last_error.message}[/red]" for g in statuses
+                      if g.last_error is not None
+                      and g.state.value in ("retrying", "stopped-bad-row")]
+            live.update(Group(*parts))
+            if until_caught_up and all(g.state.value == "live" and not g.lag_events
+                                       for g in statuses):
+                return 0
+            time.sleep(WATCH_INTERVAL_SECONDS)
+
+
+def cmd_gather_skip(args: argparse.Namespace) -> int:
+    with _connect(args) as client:
+        skip = client.gather_skip(args.name, args.position)
+    print(f"gatherer {args.name}: the row at position {skip.position} is skipped "
+          f"(recorded: {skip.by}, {skip.at:%Y-%m-%d %H:%M:%S} UTC)")
     return 0
 
 
@@ -362,6 +455,24 @@ def build_parser() -> argparse.ArgumentParser:
     _client_options(streams)
     streams.set_defaults(func=cmd_streams)
 
+    gather = commands.add_parser("gather", help="gatherers: status, skip a bad row")
+    gather_commands = gather.add_subparsers(dest="gather_command", required=True,
+                                            metavar="COMMAND")
+    status = gather_commands.add_parser("status", help="every gatherer's state and lag")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--watch", action="store_true",
+                        help="show backfill progress bars until interrupted")
+    status.add_argument("--until-caught-up", action="store_true",
+                        help="with --watch: stop once every gatherer is live with no lag")
+    _client_options(status)
+    status.set_defaults(func=cmd_gather_status)
+    skip = gather_commands.add_parser(
+        "skip", help="leave out the source row a gatherer is stopped at (recorded)")
+    skip.add_argument("name", help="the gatherer")
+    skip.add_argument("position", type=int, help="the source position it is stopped at")
+    _client_options(skip)
+    skip.set_defaults(func=cmd_gather_skip)
+
     check = commands.add_parser("check", help="verify a data directory's records and indexes")
     check.add_argument("--data", help=f"data directory (default {DEFAULT_DATA_DIR})")
     check.add_argument("--repair", action="store_true", help="cut a torn tail, rewrite indexes")
@@ -372,7 +483,13 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=3, help="runs per workload (median taken)")
     bench.add_argument("--events", type=int, default=1_000_000, help="events for W1-W3")
     bench.add_argument("--output", default="BENCH.md", help="report file (BENCH.md)")
-    bench.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated list")
+    bench.add_argument("--workloads", default="W1,W2,W3,W4",
+                       help="comma-separated list; G1 (gather backfill) and G2 (gather "
+                            "latency) need PostgreSQL and MariaDB")
+    bench.add_argument("--pg-admin", help="G1/G2: a PostgreSQL DSN allowed to create "
+                                          "databases (postgresql://postgres@127.0.0.1:5432/postgres)")
+    bench.add_argument("--mysql", help="G2: a MariaDB/MySQL URL allowed to create databases "
+                                       "(mysql://root@127.0.0.1:3306)")
     peers = bench.add_argument_group("peers (--peers)")
     peers.add_argument("--peers", action="store_true",
                        help="run the workloads against Herald and its peers side by side "

@@ -35,6 +35,7 @@ from .errors import (
     TransportError,
     error_from_wire,
 )
+from .gather.status import GathererStatus, GatherSkip
 from .model import (
     AppendResult,
     Event,
@@ -75,6 +76,15 @@ class _Page(msgspec.Struct):
 
 class _Streams(msgspec.Struct):
     streams: list[StreamInfo]
+
+
+class _Gatherers(msgspec.Struct):
+    gatherers: list[GathererStatus]
+
+
+class _Skipped(msgspec.Struct):
+    skip: GatherSkip
+    gatherer: GathererStatus
 
 
 _batch_decoder = msgspec.json.Decoder(_WireBatch)
@@ -231,6 +241,23 @@ class AsyncClient:
         answer = await self._request("GET", f"/v1/streams/{validate_stream_name(stream)}")
         return msgspec.json.decode(answer, type=StreamInfo)
 
+    async def gatherers(self) -> list[GathererStatus]:
+        """Every gatherer's status (admin)."""
+        answer = await self._request("GET", "/v1/gatherers")
+        return _decode(answer, _Gatherers).gatherers
+
+    async def gatherer(self, name: str) -> GathererStatus:
+        answer = await self._request("GET", f"/v1/gatherers/{name}")
+        return _decode(answer, GathererStatus)
+
+    async def gather_skip(self, name: str, position: int) -> GatherSkip:
+        """Skip the source row gatherer ``name`` is stopped at (admin; recorded with
+        who and when). Conflict unless it is stopped at exactly ``position``."""
+        answer = await self._request(
+            "POST", f"/v1/gatherers/{name}/skip", data=_encoder.encode({"position": position}),
+            headers={"Content-Type": "application/json"})
+        return _decode(answer, _Skipped).skip
+
     def subscribe(
         self, stream: str, start: int = 0, *, follow: bool = True,
         heartbeat: float | None = None,
@@ -247,6 +274,11 @@ def _events_path(stream: str) -> str:
     # Checked here, not only by the server: the name goes into the URL, where "..",
     # "/" or "?" would change which resource is asked for (a valid name needs no quoting).
     return f"/v1/streams/{validate_stream_name(stream)}/events"
+def _decode(answer: bytes, type_: type[T]) -> T:
+    try:
+        return msgspec.json.decode(answer, type=type_)
+    except msgspec.MsgspecError as exc:
+        raise ProtocolError(f"unexpected answer: {exc}") from exc
 
 
 def _error(status: int, body: bytes) -> HeraldError:
@@ -453,6 +485,15 @@ class Client:
 
     def stream(self, stream: str) -> StreamInfo:
         return self._run(self._async.stream(stream))
+
+    def gatherers(self) -> list[GathererStatus]:
+        return self._run(self._async.gatherers())
+
+    def gatherer(self, name: str) -> GathererStatus:
+        return self._run(self._async.gatherer(name))
+
+    def gather_skip(self, name: str, position: int) -> GatherSkip:
+        return self._run(self._async.gather_skip(name, position))
 
     def subscribe(self, stream: str, start: int = 0, *, follow: bool = True,
                   heartbeat: float | None = None) -> Subscription:

@@ -7,8 +7,9 @@ that names the key (``[server] listen: expected "HOST:PORT"``).
 Environment variables: ``HERALD_DATA`` for the top-level ``data`` key, and
 ``HERALD_<SECTION>_<KEY>`` for scalar keys, e.g. ``HERALD_SERVER_LISTEN``,
 ``HERALD_STORAGE_ENGINE``, ``HERALD_STORAGE_DSN``, ``HERALD_LIMITS_DEDUP_WINDOW``,
-``HERALD_TLS_CLIENT_CA``. Principals (``[[principal]]``) and dashboard users
-(``[[user]]``) are lists of tables and live in the file only.
+``HERALD_TLS_CLIENT_CA``. Principals (``[[principal]]``), dashboard users
+(``[[user]]``) and gatherers (``[[gather]]``, one per source, see GatherConfig) are
+lists of tables and live in the file only.
 """
 
 from __future__ import annotations
@@ -24,13 +25,15 @@ from pathlib import Path
 from typing import Any
 
 from .errors import HeraldError
-from .model import Limits
+from .model import Limits, validate_stream_name
 from .passwords import PasswordHashError, parse_hash
 
 __all__ = [
     "Config",
     "ConfigError",
     "PrincipalConfig",
+    "GatherConfig",
+    "GATHER_SOURCES",
     "ServerConfig",
     "UserConfig",
     "StorageConfig",
@@ -205,6 +208,116 @@ class StorageConfig:
             raise ValueError("storage.segment_bytes must be at least 4096")
 
 
+# The kinds of source a gatherer reads (herald.gather.SOURCES maps them to classes).
+GATHER_SOURCES = ("sqlite", "postgres", "mysql", "eventsourcing")
+_SQL_SOURCES = ("sqlite", "postgres", "mysql")
+# A gatherer's name is stamped on every event it gathers (meta.source) and appears in
+# URLs and checkpoint names: the alphabet of a stream name, and short.
+MAX_GATHERER_NAME_LENGTH = 64
+_GATHERER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# A table name, optionally schema-qualified. Checked, then quoted by each driver: the
+# config is trusted, but a typo should be an error, not SQL.
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?")
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+# Rows per append while backfilling. A batch is one record: 2,000 rows of ~200 bytes
+# are ~400 KiB, large enough that the per-append cost (one fsync) is shared by many
+# rows, small enough to keep a gatherer's memory and a reader's skip-into-batch small.
+DEFAULT_GATHER_BATCH = 2000
+GATHER_FIELDS = ("id", "type", "data", "meta")
+
+
+@dataclass(frozen=True)
+class GatherConfig:
+    """One ``[[gather]]`` table: copy one source into one stream, exactly once.
+
+    SQL sources (``sqlite``, ``postgres``, ``mysql``) read ``table`` — or a custom
+    ``query`` with ``%(after)s`` and ``%(limit)s`` — ordered by the increasing integer
+    column ``position``; ``columns`` maps Herald's fields (``id``, ``type``, ``data``,
+    ``meta``) to source columns. ``eventsourcing`` reads the notification log of the
+    application named ``application``, whose persistence is configured by ``env``
+    exactly as the application's own environment configures it.
+    """
+
+    name: str
+    stream: str
+    source: str
+    # repr=False: a DSN or an env may hold a password; a config is never logged whole.
+    dsn: str | None = field(default=None, repr=False)
+    table: str | None = None
+    query: str | None = None
+    position: str = "id"
+    columns: dict[str, str] = field(default_factory=lambda: {"type": "type", "data": "data"})
+    # PostgreSQL: a channel to LISTEN on for a low-latency wake-up (a trigger on the
+    # table NOTIFYs it; see docs/gathering.md). Without it the gatherer polls.
+    notify: str | None = None
+    batch: int = DEFAULT_GATHER_BATCH
+    # eventsourcing only
+    application: str | None = None
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    state: str = "json"
+
+    def __post_init__(self) -> None:
+        where = f"[[gather]] {self.name}"
+        if not _GATHERER_NAME.fullmatch(self.name) or len(self.name) > MAX_GATHERER_NAME_LENGTH:
+            raise ConfigError(f"[[gather]] name: {self.name!r} is not a valid gatherer name "
+                              f"(1 to {MAX_GATHERER_NAME_LENGTH} of A-Z a-z 0-9 . _ -)")
+        try:
+            validate_stream_name(self.stream)
+        except HeraldError as exc:
+            raise ConfigError(f"{where} stream: {exc.message}") from None
+        if self.source not in GATHER_SOURCES:
+            raise ConfigError(f"{where} source: unknown source {self.source!r} "
+                              f"(known: {', '.join(GATHER_SOURCES)})")
+        if not 1 <= self.batch <= Limits.max_batch_events:
+            raise ConfigError(f"{where} batch: must be 1 to {Limits.max_batch_events}")
+        if self.source in _SQL_SOURCES:
+            self._check_sql(where)
+        else:
+            self._check_eventsourcing(where)
+
+    def _check_sql(self, where: str) -> None:
+        if not self.dsn:
+            raise ConfigError(f"{where} dsn: required for a {self.source} source")
+        if self.table is None and self.query is None:
+            raise ConfigError(f"{where}: give a table or a query")
+        if self.table is not None and not _TABLE_NAME.fullmatch(self.table):
+            raise ConfigError(f"{where} table: {self.table!r} is not a table name")
+        if self.query is not None and not ("%(after)s" in self.query
+                                           and "%(limit)s" in self.query):
+            raise ConfigError(f"{where} query: must use %(after)s and %(limit)s "
+                              "(rows with position > after, ordered by position, at most limit)")
+        unknown = set(self.columns) - set(GATHER_FIELDS)
+        if unknown:
+            raise ConfigError(f"{where} columns: unknown field {sorted(unknown)[0]!r} "
+                              f"(known: {', '.join(GATHER_FIELDS)})")
+        for name in ("type", "data"):
+            if name not in self.columns:
+                raise ConfigError(f"{where} columns: {name} is required")
+        for column in (self.position, *self.columns.values()):
+            if not _COLUMN_NAME.fullmatch(column):
+                raise ConfigError(f"{where} columns: {column!r} is not a column name")
+        if self.notify is not None and self.source != "postgres":
+            raise ConfigError(f"{where} notify: only a postgres source can LISTEN")
+        for key in ("application", "env"):
+            if getattr(self, key):
+                raise ConfigError(f"{where} {key}: only for an eventsourcing source")
+
+    def _check_eventsourcing(self, where: str) -> None:
+        if not self.application:
+            raise ConfigError(f"{where} application: required for an eventsourcing source "
+                              "(the application's name, e.g. \"DogSchool\")")
+        module = self.env.get("PERSISTENCE_MODULE", "")
+        if module not in ("eventsourcing.sqlite", "eventsourcing.postgres"):
+            raise ConfigError(f"{where} env: PERSISTENCE_MODULE must be eventsourcing.sqlite "
+                              f"or eventsourcing.postgres, not {module!r}")
+        if self.state not in ("json", "base64"):
+            raise ConfigError(f"{where} state: must be json or base64")
+        for key in ("dsn", "table", "query", "notify"):
+            if getattr(self, key) is not None:
+                raise ConfigError(f"{where} {key}: not for an eventsourcing source "
+                                  "(configure it in env, as the application does)")
+
+
 @dataclass(frozen=True)
 class Config:
     data: Path = DEFAULT_DATA_DIR
@@ -214,6 +327,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     principals: tuple[PrincipalConfig, ...] = ()
     users: tuple[UserConfig, ...] = ()
+    gather: tuple[GatherConfig, ...] = ()
 
     @property
     def tls_dir(self) -> Path:
@@ -271,6 +385,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         if isinstance(value, str):
             return Path(value)
         raise ConfigError(f"{key}: expected a path, got {value!r}")
+    if origin is dict:
+        if not isinstance(value, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise ConfigError(f"{key}: expected a table of strings, got {value!r}")
+        return dict(value)
     if origin in (list, tuple):
         if isinstance(value, str):
             value = [v.strip() for v in value.split(",") if v.strip()]
@@ -415,9 +534,42 @@ def config_from_dict(raw: Mapping[str, Any], base: Path | None = None) -> Config
             values[key] = build_section(_SECTIONS[key], value, key, base)
         elif key in _LISTS:
             values[_LISTS[key][1]] = _build_list(key, value)
+        elif key == "gather":
+            values[key] = _gatherers(value, base)
         else:
             known = ", ".join(["data", *(f"[{s}]" for s in _SECTIONS),
-                               *(f"[[{s}]]" for s in _LISTS)])
+                               *(f"[[{s}]]" for s in _LISTS), "[[gather]]"])
             raise ConfigError(f"{key}: unknown key (known: {known})")
     _check_principals(values.get("principals", ()))
     return Config(**values)
+
+
+def _gatherers(value: Any, base: Path | None) -> tuple[GatherConfig, ...]:
+    if not isinstance(value, list):
+        raise ConfigError("gather: expected an array of tables, [[gather]]")
+    gatherers: list[GatherConfig] = []
+    for index, table in enumerate(value):
+        label = f"[gather] #{index + 1}"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{label}: expected a table")
+        for required in ("name", "stream", "source"):
+            if required not in table:
+                raise ConfigError(f"{label}: {required} is required")
+        gatherer: GatherConfig = build_section(GatherConfig, table, f"gather {table['name']}")
+        if gatherer.source == "sqlite" and base is not None and gatherer.dsn:
+            # A SQLite path in the file is relative to the file, like every path.
+            path = Path(gatherer.dsn.removeprefix("sqlite:///").removeprefix("sqlite://"))
+            if not path.is_absolute():
+                gatherer = dataclasses.replace(gatherer, dsn=str(base / path))
+        gatherers.append(gatherer)
+    names = [g.name for g in gatherers]
+    streams = [g.stream for g in gatherers]
+    for index, gatherer in enumerate(gatherers):
+        if names.index(gatherer.name) != index:
+            raise ConfigError(f"[[gather]] {gatherer.name}: two gatherers have this name")
+        if streams.index(gatherer.stream) != index:
+            # Each gatherer resumes from its stream's last event: two sources in one
+            # stream would see each other's events there and stop.
+            raise ConfigError(f"[[gather]] {gatherer.name} stream: {gatherer.stream} is "
+                              "already gathered into by another gatherer")
+    return tuple(gatherers)

@@ -16,12 +16,16 @@ very exception the server raised.
     │   ├── NotFound                404  stream_not_found / not_found
     │   ├── RequestTimeout          408  the request's body came too slowly
     │   ├── ExpectedHeadMismatch    409  the stream's head is not the expected one
+    │   ├── Conflict                409  the request does not fit the current state
     │   ├── TooLarge                413  event_too_large / batch_too_large
     │   └── RateLimited             429  rate_limited / login_backoff (Retry-After)
     ├── ServerError                 Herald or its storage is at fault (5xx)
     │   ├── CorruptRecord           500  a stored record fails its checksum
     │   ├── StorageFull             507  the disk is full; nothing was written
     │   └── StorageUnavailable      503  the engine cannot be reached
+    ├── SourceError                 a gathered source is at fault (a module's store)
+    │   ├── SourceUnavailable       503  the source cannot be reached or queried
+    │   └── UnmappableRow           422  a source row cannot become an event
     └── TransportError              client side: the server could not be reached
         └── ProtocolError           the server answered something we cannot parse
 
@@ -44,12 +48,16 @@ __all__ = [
     "NotFound",
     "RequestTimeout",
     "ExpectedHeadMismatch",
+    "Conflict",
     "TooLarge",
     "RateLimited",
     "ServerError",
     "CorruptRecord",
     "StorageFull",
     "StorageUnavailable",
+    "SourceError",
+    "SourceUnavailable",
+    "UnmappableRow",
     "TransportError",
     "ProtocolError",
     "error_from_wire",
@@ -131,6 +139,14 @@ class ExpectedHeadMismatch(ClientError):
         return int(self.details["head"])
 
 
+class Conflict(ClientError):
+    """The request is valid but does not fit the current state (e.g. skipping a row a
+    gatherer is not stopped at). ``details`` say what the state is."""
+
+    status = 409
+    default_code = "conflict"
+
+
 class TooLarge(ClientError):
     status = 413
     default_code = "too_large"
@@ -167,6 +183,33 @@ class StorageUnavailable(ServerError):
     default_code = "storage_unavailable"
 
 
+class SourceError(HeraldError):
+    """A gatherer's source (a module's private store) is at fault, not the caller and
+    not Herald. Reported in the gatherer's status; never raised to an HTTP client."""
+
+    status = 502
+    default_code = "source_error"
+
+
+class SourceUnavailable(SourceError):
+    """The source cannot be reached or queried; the gatherer retries with back-off."""
+
+    status = 503
+    default_code = "source_unavailable"
+
+
+class UnmappableRow(SourceError):
+    """A source row cannot become an event (bad JSON, no type…). The gatherer stops at
+    it until an operator skips it. ``details`` name the gatherer and the position."""
+
+    status = 422
+    default_code = "unmappable_row"
+
+    @property
+    def position(self) -> int:
+        return int(self.details["position"])
+
+
 class TransportError(HeraldError):
     """Client side: the server could not be reached, or the connection broke."""
 
@@ -189,6 +232,8 @@ _BY_CODE: dict[str, type[HeraldError]] = {
     "storage_full": StorageFull,
     "storage_unavailable": StorageUnavailable,
     "expected_head_mismatch": ExpectedHeadMismatch,
+    "not_stopped_at_position": Conflict,
+    "conflict": Conflict,
 }
 _BY_STATUS: dict[int, type[HeraldError]] = {
     400: InvalidRequest,

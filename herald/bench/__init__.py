@@ -141,6 +141,14 @@ def run_bench(args: argparse.Namespace) -> int:
 
         return run_peers(args)
     workloads = {w.strip().upper() for w in args.workloads.split(",")}
+    gather = {w for w in workloads if w.startswith("G")}
+    if gather:  # G1, G2: gathering, against real databases (herald/bench/gather.py)
+        from .gather import run_gather_bench
+
+        run_gather_bench(args, gather)
+        workloads -= gather
+        if not workloads:
+            return 0
     events = 20_000 if args.quick else args.events
     runs = 1 if args.quick else max(1, args.runs)
     results: dict[str, Measure] = {n: Measure(n) for n in ("W1", "W2", "W2d", "W3", "W4")}

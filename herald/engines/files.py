@@ -980,10 +980,10 @@ class FilesEngine(Engine):
             return st.head
         if st.changed is None:
             st.changed = asyncio.get_running_loop().create_future()
-        try:
-            await asyncio.wait_for(asyncio.shield(st.changed), timeout)
-        except TimeoutError:
-            pass
+        # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a
+        # cancellation that arrives as the future completes (CPython gh-86296), which
+        # left a stopping task waiting forever. wait() never cancels the shared future.
+        await asyncio.wait((st.changed,), timeout=timeout)
         return st.head
 
     async def streams(self) -> list[StreamInfo]:

@@ -13,6 +13,10 @@ Routes::
            application/json (default)        {"events": […], "next": N, "head": H}
            text/event-stream                 Server-Sent Events, catch up then follow
            application/vnd.herald.records    compact: raw records, catch up then follow
+    GET  /v1/gatherers                       every gatherer's status (admin)
+    GET  /v1/gatherers/{name}                one gatherer's status (admin)
+    POST /v1/gatherers/{name}/skip           {"position": N}: skip the bad row a
+                                             gatherer is stopped at (admin; recorded)
 
 Every error is ``{"error": {"code", "message", …}}`` with the status the error
 class names (see herald.errors); no stack trace ever reaches a client.
@@ -53,6 +57,7 @@ from ..config import Config, ServerConfig, parse_listen
 from ..engines import create_engine
 from ..engines.base import Engine
 from ..errors import (
+    Forbidden,
     HeraldError,
     InvalidRequest,
     RateLimited,
@@ -61,6 +66,7 @@ from ..errors import (
     TooLarge,
     Unauthorized,
 )
+from ..gather.manager import GatherManager
 from ..hub import HEARTBEAT_SECONDS, Hub, render_json_page, render_sse
 from ..model import validate_position
 from .auth import Authenticator, Principal, ensure_admin_token
@@ -68,7 +74,8 @@ from .dashboard import DASHBOARD_HEADERS, render_home
 from .throttle import RateLimiter
 from .tls import MutualTLSContext, PyOpenSSLObject, client_certificate_of, server_context
 
-__all__ = ["create_app", "create_redirect_app", "run_server", "HUB", "AUTH", "SETTINGS"]
+__all__ = ["create_app", "create_redirect_app", "run_server", "HUB", "AUTH", "SETTINGS",
+           "GATHER"]
 
 log = logging.getLogger("herald.server")
 
@@ -86,6 +93,7 @@ AUTH = web.AppKey("auth", Authenticator)
 SETTINGS = web.AppKey("settings", Settings)
 # The tasks serving streaming reads (SSE, compact), so that shutdown can end them.
 LIVE = web.AppKey("live", weakref.WeakSet[asyncio.Task[Any]])
+GATHER = web.AppKey("gather", GatherManager)
 PRINCIPAL = "herald.principal"
 USER = "herald.user"
 # The streaming answer a request has begun, if any (see _broken).
@@ -450,11 +458,51 @@ def _heartbeat(request: web.Request) -> float:
     return seconds
 
 
+# --- gatherers ----------------------------------------------------------------------
+
+
+def _require_admin(request: web.Request) -> Principal:
+    principal = _principal(request)
+    if not principal.admin:
+        raise Forbidden(f"{principal.name} may not manage gatherers", code="forbidden",
+                        permission="admin")
+    return principal
+
+
+class _SkipRequest(msgspec.Struct, forbid_unknown_fields=True):
+    position: int
+
+
+async def list_gatherers(request: web.Request) -> web.Response:
+    _require_admin(request)
+    return _json_response({"gatherers": request.app[GATHER].statuses()})
+
+
+async def get_gatherer(request: web.Request) -> web.Response:
+    _require_admin(request)
+    return _json_response(request.app[GATHER].get(request.match_info["name"]).status())
+
+
+async def skip_row(request: web.Request) -> web.Response:
+    principal = _require_admin(request)
+    try:
+        body = msgspec.json.decode(await request.read(), type=_SkipRequest)
+    except msgspec.MsgspecError as exc:
+        raise InvalidRequest(f'expected {{"position": N}}: {exc}', code="invalid_json") from exc
+    manager = request.app[GATHER]
+    name = request.match_info["name"]
+    skip = await manager.skip(name, body.position, principal.name)
+    log.warning("gatherer %s: %s skipped the row at position %d", name, principal.name,
+                body.position)
+    return _json_response({"skip": skip, "gatherer": manager.get(name).status()})
+
+
 # --- assembly ---------------------------------------------------------------------
 
 
 def create_app(hub: Hub, auth: Authenticator,
-               server: ServerConfig | None = None) -> web.Application:
+               server: ServerConfig | None = None,
+               gatherers: GatherManager | None = None) -> web.Application:
     server = server or ServerConfig()
     # The body limit is enforced by the hub with a named error; aiohttp's own limit
     # sits a little above it as a backstop.
@@ -467,6 +515,7 @@ def create_app(hub: Hub, auth: Authenticator,
     app[SETTINGS] = Settings(body_timeout=server.body_timeout,
                              rate_limiter=RateLimiter(server.rate_limit, server.rate_burst))
     app[LIVE] = weakref.WeakSet()
+    app[GATHER] = gatherers or GatherManager(hub.engine, ())
     app.on_response_prepare.append(_on_prepare)
     app.on_shutdown.append(_end_live_streams)
     app.router.add_get("/", dashboard_home)
@@ -478,6 +527,9 @@ def create_app(hub: Hub, auth: Authenticator,
     app.router.add_get("/v1/streams/{stream}", get_stream)
     app.router.add_post("/v1/streams/{stream}/events", append_events)
     app.router.add_get("/v1/streams/{stream}/events", read_events)
+    app.router.add_get("/v1/gatherers", list_gatherers)
+    app.router.add_get("/v1/gatherers/{name}", get_gatherer)
+    app.router.add_post("/v1/gatherers/{name}/skip", skip_row)
     return app
 
 
@@ -498,7 +550,7 @@ def _python() -> str:
 
 
 def _banner(config: Config, url: str, created: list[str], engine: Engine,
-            redirect_url: str | None) -> str:
+            redirect_url: str | None, gatherers: GatherManager) -> str:
     token = _display(config.admin_token_path)
     lines = [f"Herald {__version__}: {engine.name} engine, data in {_display(config.data)}"]
     if config.tls.cert is None:
@@ -519,6 +571,8 @@ def _banner(config: Config, url: str, created: list[str], engine: Engine,
                      f"{_display(config.tls.client_ca)}")
     lines.append(f"  principals: {len(config.principals)}, dashboard users: "
                  f"{len(config.users)}")
+    lines += [f"  gathering:          {g.source.describe()} → stream {g.stream} ({g.name})"
+              for g in gatherers.gatherers.values()]
     if redirect_url is not None:
         lines.append(f"Plain HTTP on {redirect_url} only redirects to HTTPS")
     lines += [
@@ -670,14 +724,21 @@ async def run_server(
 
     engine = create_engine(config)
     await engine.open()
+    try:
+        # Built before anything listens: a gatherer with a wrong setting stops Herald here.
+        gatherers = GatherManager(engine, config.gather, config.limits)
+    except BaseException:
+        await engine.close()
+        raise
     hub = Hub(engine, config.limits)
-    app = create_app(hub, auth, config.server)
+    app = create_app(hub, auth, config.server, gatherers)
     runners = [_runner(app, config.server, handler_cancellation=True)]
     await runners[0].setup()
     host, port = parse_listen(config.server.listen)
     sock = _listen_socket(host, port)
     site = _Site(runners[0], sock, ssl_context=ssl_context)
     await site.start()
+    await gatherers.start()
     bound = sock.getsockname()
     url = f"https://{_show_host(bound[0])}:{bound[1]}"
 
@@ -696,7 +757,7 @@ async def run_server(
         plain_bound = plain.getsockname()
         redirect_url = f"http://{_show_host(plain_bound[0])}:{plain_bound[1]}"
 
-    print(_banner(config, url, created, engine, redirect_url), flush=True)
+    print(_banner(config, url, created, engine, redirect_url, gatherers), flush=True)
     if ready is not None:
         ready(url)
 
@@ -711,6 +772,8 @@ async def run_server(
         await stop.wait()
     finally:
         log.info("shutting down")
+        # Gatherers first: they append to the engine, which closes last.
+        await gatherers.stop()
         for runner in reversed(runners):
             await runner.cleanup()
         await engine.close()

@@ -19,6 +19,7 @@ EXPORTED = [
     "AsyncSubscription",
     "Client",
     "ClientError",
+    "Conflict",
     "CorruptRecord",
     "Duplicate",
     "EmptyBatch",
@@ -35,6 +36,8 @@ EXPORTED = [
     "ReadResult",
     "RequestTimeout",
     "ServerError",
+    "SourceError",
+    "SourceUnavailable",
     "StorageFull",
     "StorageUnavailable",
     "StreamInfo",
@@ -42,6 +45,7 @@ EXPORTED = [
     "TooLarge",
     "TransportError",
     "Unauthorized",
+    "UnmappableRow",
     "__version__",
 ]
 

@@ -1,0 +1,93 @@
+"""The gatherers of one Herald node: started and stopped with ``herald serve``.
+
+Sources are chosen by name and their modules (and drivers) imported only when a
+gatherer uses them, as engines are.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+
+from ..config import ConfigError, GatherConfig
+from ..engines.base import Engine
+from ..errors import Conflict, HeraldError, NotFound
+from ..model import Limits
+from .base import Gatherer, SkipLog, Source
+from .status import GathererStatus, GatherSkip
+
+__all__ = ["GatherManager", "SOURCES", "create_source"]
+
+# source kind → "module:Class", and the distribution its driver comes from.
+SOURCES: dict[str, str] = {
+    "sqlite": "herald.gather.sql:SqliteSource",
+    "postgres": "herald.gather.sql:PostgresSource",
+    "mysql": "herald.gather.sql:MysqlSource",
+    "eventsourcing": "herald.gather.eventsourcing:EventsourcingSource",
+}
+_DRIVERS = {"postgres": "psycopg", "mysql": "pymysql", "eventsourcing": "eventsourcing"}
+
+
+def create_source(config: GatherConfig) -> Source:
+    """The source for a gatherer; a ConfigError if its driver or settings are wrong."""
+    driver = _DRIVERS.get(config.source)
+    if driver is not None:
+        try:
+            importlib.import_module(driver)
+        except ImportError:
+            raise ConfigError(f"[[gather]] {config.name}: a {config.source} source needs the "
+                              f"{driver} package: pip install 'herald[gather]'") from None
+    module_name, class_name = SOURCES[config.source].split(":")
+    cls = getattr(importlib.import_module(module_name), class_name)
+    try:
+        source: Source = cls(config)
+    except HeraldError as exc:
+        raise ConfigError(f"[[gather]] {config.name}: {exc.message}") from exc
+    return source
+
+
+class GatherManager:
+    def __init__(self, engine: Engine, configs: tuple[GatherConfig, ...] | list[GatherConfig],
+                 limits: Limits | None = None) -> None:
+        self.engine = engine
+        self.limits = limits or Limits()
+        self.skips = SkipLog(engine)
+        # Sources are built now, so that a wrong setting stops `herald serve` at once.
+        self.gatherers = {c.name: Gatherer(c, engine, create_source(c), self.skips, self.limits)
+                          for c in configs}
+
+    async def start(self) -> None:
+        await self.skips.refresh()
+        for gatherer in self.gatherers.values():
+            gatherer.start()
+
+    async def stop(self) -> None:
+        await asyncio.gather(*(g.stop() for g in self.gatherers.values()))
+
+    def get(self, name: str) -> Gatherer:
+        gatherer = self.gatherers.get(name)
+        if gatherer is None:
+            raise NotFound(f"no gatherer is named {name}", code="gatherer_not_found",
+                           gatherer=name)
+        return gatherer
+
+    def statuses(self) -> list[GathererStatus]:
+        return [g.status() for _, g in sorted(self.gatherers.items())]
+
+    async def skip(self, name: str, position: int, by: str) -> GatherSkip:
+        """Record that the row at ``position`` is to be left out; the gatherer resumes.
+
+        Only the row a gatherer is stopped at can be skipped: a skip is an answer to a
+        reported error, never a way to drop rows unseen.
+        """
+        gatherer = self.get(name)
+        stopped = gatherer.stopped_at
+        if stopped is None or stopped.position != position:
+            where = f"is stopped at position {stopped.position}" if stopped else (
+                f"is {gatherer.state.value}, not stopped at a bad row")
+            raise Conflict(f"gatherer {name} {where}; only that row can be skipped",
+                           code="not_stopped_at_position", gatherer=name,
+                           state=gatherer.state.value,
+                           position=stopped.position if stopped else None)
+        await self.skips.record(name, position, by, stopped.message)
+        return self.skips.skips[name][-1]
