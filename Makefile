@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test check proof bench bench-gather clean system-tools
+.PHONY: serve test check proof bench bench-gather bench-peers soak clean system-tools
 
 # The security tests drive real nginx (with its stream module), curl and openssl,
 # from Debian's packages. Installed here when missing, so a clean machine and CI
@@ -22,7 +22,7 @@ serve: $(STAMP)
 	$(BIN)/herald serve
 
 check: $(STAMP)
-	$(BIN)/ruff check herald tests
+	$(BIN)/ruff check herald tests bench
 	$(BIN)/mypy
 
 system-tools:
@@ -49,6 +49,15 @@ bench: $(STAMP)
 # Gathering: 1,000,000 rows from PostgreSQL (and COPY), commit → subscriber latency.
 bench-gather: $(STAMP)
 	$(BIN)/herald bench --workloads G1,G2
+
+# Herald beside NATS JetStream, Redis Streams, PostgreSQL, a raw fdatasync'd file and
+# loopback TLS (the services at their default local addresses; see `herald bench -h`).
+bench-peers: $(STAMP)
+	$(BIN)/herald bench --peers
+
+# 10 minutes at half the measured W1 rate with 100 live subscribers (not in `make test`).
+soak: $(STAMP)
+	$(BIN)/python bench/soak.py
 
 clean:
 	rm -rf $(VENV) herald-data .pytest_cache .mypy_cache .ruff_cache
