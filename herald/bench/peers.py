@@ -84,11 +84,12 @@ TITLES = {
 DURABILITY = {
     "herald": "durable: an append is acknowledged after `fdatasync` (group commit).",
     "nats": "**not fsynced per ack**: JetStream file storage acknowledges once the "
-            "message is written to the store (the OS page cache); the store is fsynced on "
-            "a timer (`sync_interval`, 2 minutes by default since nats-server 2.10; the "
-            "server here is 2.9, which has no such option). `sync_interval: always` is a "
-            "server-wide setting, not a stream's, and the shared server was not "
-            "reconfigured: a power cut can lose acknowledged messages.",
+            "message is written to the store's block file (the OS page cache) and fsyncs "
+            "on a background timer. Since nats-server 2.10 that timer is `sync_interval` "
+            "(2 minutes by default) and `sync_interval: always` fsyncs every write; the "
+            "server here is 2.9.10, which predates the option, and either way it is a "
+            "server-wide setting, not a stream's — the shared server was not reconfigured. "
+            "A power cut can lose acknowledged messages.",
     "redis": "**not durable at all**: the Redis here runs without persistence "
              "(`--save \"\" --appendonly no`); an in-memory upper bound, not a durable peer. "
              "(With `appendfsync always` every write would be fsynced.)",
@@ -107,8 +108,9 @@ METHOD = {
     "nats": f"W1: one message per event, `js.publish_async`, at most {W1_IN_FLIGHT} batches "
             f"of {BATCH:,} unacknowledged ({W1_IN_FLIGHT * BATCH:,} messages, "
             "`publish_async_max_pending`). W2/W3: an ordered push consumer (flow control, "
-            "no acks), messages handled in its callback. W4: the same consumer with "
-            "`deliver_policy=new`.",
+            "no acks), messages handled in its callback — in nats-py several times faster "
+            "than a pull consumer's `fetch` of 1,000 or 10,000 (measured here while "
+            "choosing). W4: the same consumer with `deliver_policy=new`.",
     "redis": f"W1: one entry per event, a pipeline (no MULTI) of {BATCH:,} `XADD` per batch, "
              f"{W1_IN_FLIGHT} pipelines in flight. W2/W3: `XRANGE` pages of 10,000 "
              "entries. W4: `XREAD BLOCK` from the last id seen.",
@@ -1109,6 +1111,9 @@ def run_peers(args: argparse.Namespace) -> int:
     command = " ".join(["herald", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] \
         else "herald bench --peers"
     report = render_report(results, systems, events, runs, w4_seconds, command)
+    if args.quick and args.output == "BENCH.md":  # a smoke test: print, keep BENCH.md
+        print(report)
+        return 0
     write_section(Path(args.output), "Peers", report)
     print(f"wrote the Peers section of {args.output}")
     return 0
