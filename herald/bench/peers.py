@@ -290,14 +290,19 @@ class _Latency:
                                f"in {timeout:.0f} s") from None
 
     def result(self) -> dict[str, float]:
-        latencies = sorted(self.latencies)
-        count = len(latencies)
-        return {
-            "events": float(count),
-            "p50_ms": latencies[count // 2] * 1000,
-            "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000,
-            "max_ms": latencies[-1] * 1000,
-        }
+        return _percentiles(self.latencies)
+
+
+def _percentiles(latencies: list[float]) -> dict[str, float]:
+    """p50, p99 and max in milliseconds, the way Herald's W4 computes them."""
+    latencies = sorted(latencies)
+    count = len(latencies)
+    return {
+        "events": float(count),
+        "p50_ms": latencies[count // 2] * 1000,
+        "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000,
+        "max_ms": latencies[-1] * 1000,
+    }
 
 
 # --- NATS JetStream ------------------------------------------------------------------
@@ -766,11 +771,7 @@ def file_w4(path: str, seconds: float = W4_SECONDS) -> dict[str, float]:
             latencies.extend([time.perf_counter() - sent] * W4_BATCH)
     finally:
         os.close(fd)
-    latencies.sort()
-    count = len(latencies)
-    return {"events": float(count), "p50_ms": latencies[count // 2] * 1000,
-            "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000,
-            "max_ms": latencies[-1] * 1000}
+    return _percentiles(latencies)
 
 
 # --- loopback TLS: the floor of the wire -----------------------------------------------
@@ -912,11 +913,7 @@ def tls_w4(port: int, ca: str, seconds: float = W4_SECONDS) -> dict[str, float]:
                 received.data  # noqa: B018 - decoded, as the other subscribers do
             latencies.extend([time.perf_counter() - sent] * W4_BATCH)
         sock.sendall(struct.pack("<I", 0))
-    latencies.sort()
-    count = len(latencies)
-    return {"events": float(count), "p50_ms": latencies[count // 2] * 1000,
-            "p99_ms": latencies[min(count - 1, int(count * 0.99))] * 1000,
-            "max_ms": latencies[-1] * 1000}
+    return _percentiles(latencies)
 
 
 # --- one system, one run ---------------------------------------------------------------
