@@ -501,7 +501,10 @@ def render(args: argparse.Namespace, command: str, rate: float, w1_rate: float |
         f"A real `herald serve` (files engine, TLS) for {args.minutes:g} min: one producer "
         f"appending batches of {args.batch:,} at {rate:,.0f} events/s ({origin}, at most "
         f"{W1_IN_FLIGHT} appends in flight), {args.subscribers} live subscribers in "
-        f"{args.processes} client processes following the stream from position 0. The "
+        f"{args.processes} client processes following the stream from position 0 ("
+        + ("each decoding every event with `herald.AsyncClient`" if args.decode else
+           "each checking the compact form's records: positions in order, the bytes "
+           "those the producer sent") + "). The "
         "server's RSS (`/proc/PID/status` VmRSS) and open file descriptors "
         "(`/proc/PID/fd`) were sampled every second "
         f"([{args.csv}]({args.csv}), plotted below); the first {warmup:.0f} s are "
