@@ -15,7 +15,7 @@ from herald.bench.soak import main
 @pytest.mark.parametrize("decode", [False, True])
 def test_a_short_soak_writes_samples_plot_and_verdict(tmp_path: Path, decode: bool) -> None:
     output, samples, plot = tmp_path / "BENCH.md", tmp_path / "soak.csv", tmp_path / "soak.png"
-    assert main(["--minutes", "0.1", "--rate", "2000", "--subscribers", "3",
+    assert main(["--minutes", "0.15", "--rate", "2000", "--subscribers", "3",
                  "--processes", "2", "--warmup", "2", "--drain", "20",
                  "--output", str(output), "--csv", str(samples), "--plot", str(plot),
                  *(["--decode"] if decode else [])]) == 0

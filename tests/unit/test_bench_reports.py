@@ -22,11 +22,22 @@ def test_flat_memory_after_a_warm_up_is_no_growth() -> None:
     assert "no growth" in verdict.text and "grows" not in verdict.text
 
 
+def test_a_step_to_a_high_water_mark_is_no_growth() -> None:
+    """Memory that steps up once (buffers that were full at the same moment) and
+    stays: bounded, although a line fitted through it slopes up."""
+    rss = [100.0] * 5 + [140.0] * 100 + [165.0] * 500
+    verdict = analyse(samples(rss, [20] * 605))
+    assert verdict.ok, verdict.text
+    assert verdict.rss_slope_mib_per_min > 1
+    assert verdict.rss_growth_mib == 0
+
+
 def test_a_slow_leak_is_growth() -> None:
     rss = [100.0] * 5 + [100 + i * 0.05 for i in range(600)]  # 3 MiB a minute
     verdict = analyse(samples(rss, [20] * 605))
     assert not verdict.ok
     assert verdict.rss_slope_mib_per_min == pytest.approx(3.0, rel=0.01)
+    assert verdict.rss_growth_mib == pytest.approx(15.0, rel=0.01)  # 5 minutes apart
     assert "**grows**" in verdict.text
 
 
@@ -39,7 +50,7 @@ def test_leaking_file_descriptors_is_growth() -> None:
 
 def test_too_short_a_soak_cannot_be_judged() -> None:
     with pytest.raises(ValueError, match="not enough samples"):
-        analyse(samples([100.0] * 6, [20] * 6))
+        analyse(samples([100.0] * 8, [20] * 8))
 
 
 def test_peers_report_medians_ratios_and_ranges() -> None:
