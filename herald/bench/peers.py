@@ -1154,6 +1154,21 @@ def _ratio(results: Results, system: str, row: str) -> str:
     return f"{herald / peer:.2f}×"
 
 
+def _limits(results: Results) -> list[str]:
+    """Herald as a share of the physical limits (the raw file, loopback TLS)."""
+    said = []
+    for row, label in (("W1", "W1 append"), ("W2", "W2 catch-up read")):
+        herald = results.median("herald", row, "rate")
+        parts = []
+        for system in ("file", "tls"):
+            limit = results.median(system, row, "rate")
+            if herald is not None and limit and system not in results.skipped:
+                parts.append(f"{herald / limit:.0%} of the {TITLES[system]}")
+        if parts:
+            said.append(f"{label} at " + " and ".join(parts))
+    return said
+
+
 ROWS = (  # key, row label, short label
     ("W1", "W1 append, events/s", "W1 append"),
     ("W2", "W2 catch-up read, events/s (events delivered)", "W2 catch-up read"),
@@ -1200,6 +1215,9 @@ def render_report(results: Results, systems: list[str], events: int, runs: int,
                 continue
             lines.append(f"| {short} | "
                          + " | ".join(_ratio(results, s, row) for s in peers) + " |")
+        limits = _limits(results)
+        if limits:
+            lines += ["", "Herald against the physical limits: " + "; ".join(limits) + "."]
     if runs > 1:
         lines += ["", "Range of all runs:", "",
                   "| workload | " + " | ".join(TITLES[s] for s in columns) + " |",

@@ -70,3 +70,15 @@ def test_peers_report_medians_ratios_and_ranges() -> None:
     assert "| W4 latency (p99) | 0.50× | — |" in report
     assert "| W1 append | 400–600 | 100–200 | — |" in report
     assert "*Not run: not reachable.*" in report
+
+
+def test_peers_report_states_herald_against_the_physical_limits() -> None:
+    results = Results()
+    for system, w1, w2 in (("herald", 500.0, 900.0), ("file", 1000.0, 3000.0),
+                           ("tls", 2000.0, 1800.0)):
+        results.add(system, "W1", {"rate": w1})
+        results.add(system, "W2", {"rate": w2})
+    report = render_report(results, ["herald", "file", "tls"], 1000, 1, 10.0, "cmd")
+    assert ("Herald against the physical limits: W1 append at 50% of the raw file + "
+            "fdatasync and 25% of the loopback TLS; W2 catch-up read at 30% of the raw "
+            "file + fdatasync and 50% of the loopback TLS.") in report
