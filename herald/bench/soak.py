@@ -416,7 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                              sample.threads, sample.cpu_percent, sample.head,
                              sample.slowest, sample.median, sample.fastest])
             csv_file.flush()
-            if int(elapsed) % 10 == 0:
+            if len(samples) % 10 == 0:
                 print(f"{elapsed:6.0f} s {phase:8} RSS {rss:7.1f} MiB  fds {fds:4}  "
                       f"head {sample.head:>12,}  slowest subscriber {positions[0]:>12,}",
                       flush=True)
@@ -510,7 +510,7 @@ def render(args: argparse.Namespace, command: str, rate: float, w1_rate: float |
         f"{args.processes} client processes following the stream from position 0 ("
         + ("each decoding every event with `herald.AsyncClient`" if args.decode else
            "each checking the compact form's records: positions in order, the bytes "
-           "those the producer sent") + "). The "
+           "the producer sent") + "). The "
         "server's RSS (`/proc/PID/status` VmRSS) and open file descriptors "
         "(`/proc/PID/fd`) were sampled every second "
         f"([{args.csv}]({args.csv}), plotted below); the first {warmup:.0f} s are "
