@@ -92,7 +92,8 @@ DURABILITY = {
             "A power cut can lose acknowledged messages.",
     "redis": "**not durable at all**: the Redis here runs without persistence "
              "(`--save \"\" --appendonly no`); an in-memory upper bound, not a durable peer. "
-             "(With `appendfsync always` every write would be fsynced.)",
+             "(Configured with `appendonly yes` and `appendfsync always`, Redis would "
+             "fsync its log before answering.)",
     "postgres": "durable: `synchronous_commit = on` (the default), each batch is one "
                 "`COPY` in one transaction, acknowledged after the WAL is flushed.",
     "file": "durable: one `fdatasync` per batch, one thread, nothing else — the floor "
@@ -130,6 +131,7 @@ METHOD = {
 }
 
 PAGE = 10_000  # entries/rows per read request for Redis and PostgreSQL readers
+MIN_CPU_SECONDS = 1.0  # the shortest workload whose server CPU use is reported
 FRAME = struct.Struct("<II")  # raw file frame header: body length, CRC-32 of the body
 
 
@@ -916,6 +918,89 @@ def tls_w4(port: int, ca: str, seconds: float = W4_SECONDS) -> dict[str, float]:
     return _percentiles(latencies)
 
 
+# --- whose CPU: the server's, while a workload runs ------------------------------------
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds of ``pid`` and of its children: its own, its reaped children's
+    (``cutime``/``cstime``: PostgreSQL's backends, once they exit) and its live
+    children's. The difference of two readings counts each child's work once."""
+    def stat(p: int | str) -> list[str]:
+        return Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    fields = stat(pid)
+    total = sum(int(f) for f in fields[11:15])
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                child = stat(entry)
+            except OSError:
+                continue
+            if child[1] == str(pid):
+                total += int(child[11]) + int(child[12])
+    return total / ticks
+
+
+def _pid_by_name(name: str) -> int | None:
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if Path(f"/proc/{entry}/comm").read_text().strip() == name:
+                    return int(entry)
+            except OSError:
+                continue
+    return None
+
+
+def _is_local(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return (urlsplit(url).hostname or "127.0.0.1") in ("127.0.0.1", "localhost", "::1")
+
+
+def _service_pid(system: str, settings: Settings) -> int | None:
+    """The server process of a peer running on this machine (None if it is not)."""
+    try:
+        if system == "nats" and _is_local(settings.nats_url):
+            return _pid_by_name("nats-server")
+        if system == "redis" and _is_local(settings.redis_url):
+            return _pid_by_name("redis-server")
+        if system == "postgres" and _is_local(settings.postgres_dsn):
+            import psycopg
+
+            with psycopg.connect(settings.postgres_dsn) as conn:
+                row = conn.execute("SELECT pg_backend_pid()").fetchone()
+            backend = row[0] if row else 0
+            # The backend's parent is the postmaster, whose children do the work.
+            return int(Path(f"/proc/{backend}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, ImportError):
+        return None
+    except Exception as exc:  # a driver's error: no CPU figure, the rest still runs
+        print(f"cannot find the {system} server's process: {exc}", file=sys.stderr)
+        return None
+    return None
+
+
+def _with_server_cpu(pid: int | None, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """``run()``'s result, with the server's CPU use during it (% of one core)."""
+    if pid is None:
+        return run()
+    try:
+        before = _tree_cpu(pid)
+    except OSError:
+        return run()
+    result = run()
+    time.sleep(0.2)  # let PostgreSQL reap the workload's backends
+    # Below a second, connecting and the clock's ticks (10 ms) weigh too much.
+    if result["seconds"] >= MIN_CPU_SECONDS:
+        try:
+            result["server_cpu"] = 100 * (_tree_cpu(pid) - before) / result["seconds"]
+        except OSError:
+            pass
+    return result
+
+
 # --- one system, one run ---------------------------------------------------------------
 
 ReadFunc = Callable[..., Any]
@@ -932,7 +1017,7 @@ class Results:
         self.runs.setdefault(system, {}).setdefault(row, []).append(result)
 
     def values(self, system: str, row: str, key: str) -> list[float]:
-        return [r[key] for r in self.runs.get(system, {}).get(row, [])]
+        return [r[key] for r in self.runs.get(system, {}).get(row, []) if key in r]
 
     def median(self, system: str, row: str, key: str) -> float | None:
         values = self.values(system, row, key)
@@ -956,9 +1041,14 @@ def _run_system(system: str, settings: Settings, events: int, workloads: set[str
         else:
             say(f"  {TITLES[system]} {row}: {result['rate']:,.0f} events/s")
 
+    pid = _service_pid(system, settings)
+
+    def timed(func: Callable[..., Any], *args: Any) -> dict[str, float]:
+        return _with_server_cpu(pid, lambda: in_process(func, *args))
+
     def reads(func: ReadFunc, *args: Any) -> None:
         if "W2" in workloads:
-            record("W2", in_process(func, *args, events))
+            record("W2", timed(func, *args, events))
             record("W2d", in_process(func, *args, events, True))
         if "W3" in workloads:
             record("W3", _w3(4, func, *args, events))
@@ -967,10 +1057,13 @@ def _run_system(system: str, settings: Settings, events: int, workloads: set[str
     if system == "herald":
         with herald_server() as server:
             conn = (server.url, server.token, server.ca)
+            pid = server.process.pid
             if writes:
-                record("W1", run_in_process("W1", *conn, "bench", events))
+                record("W1", _with_server_cpu(pid, lambda: run_in_process(
+                    "W1", *conn, "bench", events)))
             if "W2" in workloads:
-                record("W2", run_in_process("W2", *conn, "bench", events))
+                record("W2", _with_server_cpu(pid, lambda: run_in_process(
+                    "W2", *conn, "bench", events)))
                 record("W2d", run_in_process("W2", *conn, "bench", events, True))
             if "W3" in workloads:
                 parts = run_parallel("W2", 4, *conn, "bench", events)
@@ -984,7 +1077,7 @@ def _run_system(system: str, settings: Settings, events: int, workloads: set[str
         asyncio.run(_nats_reset(url, tag))
         try:
             if writes:
-                record("W1", in_process(nats_w1, url, tag, events))
+                record("W1", timed(nats_w1, url, tag, events))
             reads(nats_w2, url, tag)
             if "W4" in workloads:
                 record("W4", in_process(nats_w4, url, tag, w4_seconds))
@@ -994,7 +1087,7 @@ def _run_system(system: str, settings: Settings, events: int, workloads: set[str
         url, tag = settings.redis_url, settings.tag
         try:
             if writes:
-                record("W1", in_process(redis_w1, url, tag, events))
+                record("W1", timed(redis_w1, url, tag, events))
             reads(redis_w2, url, tag)
             if "W4" in workloads:
                 record("W4", in_process(redis_w4, url, tag, w4_seconds))
@@ -1005,7 +1098,7 @@ def _run_system(system: str, settings: Settings, events: int, workloads: set[str
         _pg_reset(dsn, tag)
         try:
             if writes:
-                record("W1", in_process(postgres_w1, dsn, tag, events))
+                record("W1", timed(postgres_w1, dsn, tag, events))
             reads(postgres_w2, dsn, tag)
             if "W4" in workloads:
                 record("W4", in_process(postgres_w4, dsn, tag, w4_seconds))
@@ -1043,9 +1136,11 @@ def _run_tls(events: int, workloads: set[str], w4_seconds: float,
         server.start()
         port = ready.get(timeout=60)
         if workloads & {"W1", "W2", "W3"}:
-            record("W1", in_process(tls_write, port, ca, events))
+            record("W1", _with_server_cpu(server.pid, lambda: in_process(
+                tls_write, port, ca, events)))
         if "W2" in workloads:
-            record("W2", in_process(tls_read, port, ca, events))
+            record("W2", _with_server_cpu(server.pid, lambda: in_process(
+                tls_read, port, ca, events)))
         if "W3" in workloads:
             record("W3", _w3(4, tls_read, port, ca, events))
         if "W4" in workloads:
@@ -1134,13 +1229,20 @@ def _cell(results: Results, system: str, row: str) -> str:
     return f"**{value:,.0f}**"
 
 
+def _cpu_cell(results: Results, system: str) -> str:
+    w1, w2 = (results.median(system, row, "server_cpu") for row in ("W1", "W2"))
+    if w1 is None and w2 is None:
+        return "—"
+    return " / ".join("—" if v is None else f"{v:.0f}" for v in (w1, w2))
+
+
 def _range(results: Results, system: str, row: str) -> str:
     key = "p99_ms" if row == "W4" else "rate"
     values = results.values(system, row, key)
     if not values:
         return "—"
     if row == "W4":
-        return f"p99 {min(values):.2f}–{max(values):.2f}"
+        return f"{min(values):.2f}–{max(values):.2f}"
     return f"{min(values):,.0f}–{max(values):,.0f}"
 
 
@@ -1185,8 +1287,8 @@ def render_report(results: Results, systems: list[str], events: int, runs: int,
     bpe = bytes_per_event()
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_description()}.",
-        f"Command: `{command}`. {runs} run(s) of each workload per system, interleaved "
-        "(run 1 of every system, then run 2…); the median is shown. "
+        f"Command: `{command}`. {runs} run{'s' if runs > 1 else ''} of each workload per "
+        "system, interleaved (run 1 of every system, then run 2…); the median is shown. "
         f"{events:,} events of ~{PAYLOAD_BYTES} bytes of JSON ({bpe:.0f} bytes as encoded) "
         f"in batches of {BATCH:,} for W1–W3; W4 sends {W4_BATCH} events every "
         f"{1000 * W4_BATCH / W4_RATE:.0f} ms ({W4_RATE:,} events/s) for {w4_seconds:.0f} s. "
@@ -1200,6 +1302,10 @@ def render_report(results: Results, systems: list[str], events: int, runs: int,
                    for s in columns):
             continue
         lines.append(f"| {label} | " + " | ".join(_cell(results, s, row) for s in columns)
+                     + " |")
+    cpu_cells = [_cpu_cell(results, s) for s in columns]
+    if any(c != "—" for c in cpu_cells):
+        lines.append("| server CPU during W1 / W2, % of one core | " + " | ".join(cpu_cells)
                      + " |")
     if "herald" in columns and peers:
         lines += [
@@ -1243,5 +1349,13 @@ def render_report(results: Results, systems: list[str], events: int, runs: int,
         "TLS column moves bytes only — no decoding, so it has no \"data used\" row — and "
         "its W2/W3 are the server writing to the clients. The raw file's W4 is only the "
         "append's own write and `fdatasync`, nothing delivered.",
+        "",
+        "The server CPU row is the server process's CPU time while W1 and W2 ran (when "
+        "they took a second or more; with "
+        "its child processes: PostgreSQL's backends — and whatever else used that shared "
+        "PostgreSQL meanwhile), in % of one core. Every client here is a Python library, "
+        "as Herald's is; a server far below 100 % while its client is busy is being fed "
+        "as fast as a Python client can: one message per event is what that client pays "
+        "for, not the server.",
     ]
     return "\n".join(lines) + "\n"

@@ -69,6 +69,7 @@ def test_peers_report_medians_ratios_and_ranges() -> None:
     assert "| W1 append | 3.33× | — |" in report
     assert "| W4 latency (p99) | 0.50× | — |" in report
     assert "| W1 append | 400–600 | 100–200 | — |" in report
+    assert "| W4 latency (p99) | 2.00–4.00 | 4.00–8.00 | — |" in report
     assert "*Not run: not reachable.*" in report
 
 
@@ -82,3 +83,24 @@ def test_peers_report_states_herald_against_the_physical_limits() -> None:
     assert ("Herald against the physical limits: W1 append at 50% of the raw file + "
             "fdatasync and 25% of the loopback TLS; W2 catch-up read at 30% of the raw "
             "file + fdatasync and 50% of the loopback TLS.") in report
+
+
+def test_peers_report_shows_the_servers_cpu_where_it_was_measured() -> None:
+    results = Results()
+    results.add("herald", "W1", {"rate": 500.0, "server_cpu": 97.4})
+    results.add("herald", "W2", {"rate": 900.0})  # too short to say
+    results.add("nats", "W1", {"rate": 40.0, "server_cpu": 28.0})
+    results.add("nats", "W2", {"rate": 140.0, "server_cpu": 31.0})
+    results.add("file", "W1", {"rate": 1000.0})
+    report = render_report(results, ["herald", "nats", "file"], 1000, 1, 10.0, "cmd")
+    assert "| server CPU during W1 / W2, % of one core | 97 / — | 28 / 31 | — |" in report
+
+
+def test_tree_cpu_counts_this_process() -> None:
+    import os
+
+    from herald.bench.peers import _tree_cpu
+
+    before = _tree_cpu(os.getpid())
+    sum(i * i for i in range(300_000))
+    assert _tree_cpu(os.getpid()) >= before > 0
