@@ -131,6 +131,11 @@ KEEPALIVE_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10",
 # NOTIFY (a node killed between COMMIT and NOTIFY) delays a subscriber at most
 # this long. One query per node per interval, for all waited-on streams at once.
 FALLBACK_POLL_SECONDS = 1.0
+# The pool backs off between attempts to reconnect (1, 2, 4… s) until this much
+# time has passed, then gives up until the next request starts over. Kept short so
+# that after a database failover a node reconnects seconds after the new primary
+# is up, not after a minute-long backoff.
+RECONNECT_TIMEOUT_SECONDS = 10.0
 # The LISTEN connection reconnects after a failure, backing off to this.
 LISTEN_RECONNECT_MAX_SECONDS = 5.0
 # Records one append transaction writes at most. Bounds the time a stream's lock
@@ -183,6 +188,14 @@ class PostgresConfig:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+
+
+def _stale_connection(exc: StorageUnavailable) -> bool:
+    """Did a pooled connection turn out to be dead (rather than no connection being
+    available at all)? Then a fresh connection may well work."""
+    cause = exc.__cause__
+    return isinstance(cause, psycopg.OperationalError) and not isinstance(
+        cause, psycopg_pool.PoolTimeout)
 
 
 def redact(dsn: str) -> str:
@@ -375,6 +388,7 @@ class PostgresEngine(Engine):
             conninfo, min_size=1, max_size=self.config.pool_size, open=False,
             kwargs={"autocommit": True}, configure=self._configure_connection,
             name="herald", timeout=CONNECT_TIMEOUT_SECONDS,
+            reconnect_timeout=RECONNECT_TIMEOUT_SECONDS,
         )
         try:
             await pool.open(wait=True, timeout=OPEN_TIMEOUT_SECONDS)
@@ -489,10 +503,21 @@ class PostgresEngine(Engine):
             async with self._connection(what) as conn:
                 return await run(conn)
         except StorageUnavailable as exc:
-            if not isinstance(exc.__cause__, psycopg.OperationalError) or self._closing:
+            if not _stale_connection(exc) or self._closing:
                 raise
+            await self._check_pool()
         async with self._connection(what) as conn:
             return await run(conn)
+
+    async def _check_pool(self) -> None:
+        """One pooled connection was dead: the others likely are too (the database
+        restarted or failed over). Test them all now, so the retry gets a live one."""
+        pool = self._pool
+        if pool is not None:
+            try:
+                await pool.check()
+            except psycopg.Error as exc:  # pragma: no cover - check() handles its own
+                log.warning("checking pooled connections failed: %s", _first_line(exc))
 
     # appends
 
@@ -578,11 +603,11 @@ class PostgresEngine(Engine):
                     raise StorageUnavailable(
                         f"PostgreSQL connection failed while committing an append to stream "
                         f"{st.name}; it may or may not have been appended") from cause
-                if attempt == 2 or self._closing or not isinstance(
-                        cause, psycopg.OperationalError):
+                if attempt == 2 or self._closing or not _stale_connection(exc):
                     raise
                 log.warning("append to stream %s: connection failed before commit (%s); "
-                            "retrying on a fresh connection", st.name, _first_line(cause))
+                            "retrying on a fresh connection", st.name, exc.message)
+                await self._check_pool()
         raise AssertionError("unreachable")
 
     async def _write_group(
