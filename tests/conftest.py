@@ -47,6 +47,7 @@ class ServerProcess:
     url: str = ""
     process: subprocess.Popen[bytes] | None = None
     output: list[str] = field(default_factory=list)
+    _drainer: threading.Thread | None = None
 
     @property
     def token(self) -> str:
@@ -73,7 +74,8 @@ class ServerProcess:
             match = re.search(r"listening on (https://\S+)", line)
             if match:
                 self.url = match.group(1)
-                threading.Thread(target=self._drain, daemon=True).start()
+                self._drainer = threading.Thread(target=self._drain, daemon=True)
+                self._drainer.start()
                 return self
         raise RuntimeError("herald serve did not start:\n" + "".join(self.output))
 
@@ -93,15 +95,24 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.process.kill()
             code = self.process.wait()
-        self.process = None
+        self._reaped()
         return code
+
+    def _reaped(self) -> None:
+        """The process has exited: let the drainer reach EOF, close the pipe."""
+        process, self.process = self.process, None
+        if self._drainer is not None:
+            self._drainer.join(5)
+            self._drainer = None
+        if process is not None and process.stdout is not None:
+            process.stdout.close()
 
     def kill(self) -> None:
         """SIGKILL: no shutdown, no flush, the crash the engine must survive."""
         if self.process is not None:
             self.process.kill()
             self.process.wait()
-            self.process = None
+            self._reaped()
 
     @property
     def port(self) -> int:
