@@ -5,7 +5,7 @@
     herald tail    STREAM [--from N] [--follow]                    JSON lines out
     herald streams [--json]
     herald check   --data DIR [--repair]
-    herald bench   [--quick] [--output BENCH.md]
+    herald bench   [--quick] [--output BENCH.md] [--engine files,postgres] [--dsn DSN]
 
 Client commands find the server like this, first match wins: ``--url``/``--token``/
 ``--token-file``/``--ca`` flags; ``HERALD_URL``, ``HERALD_TOKEN``, ``HERALD_CA``;
@@ -254,6 +254,14 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--events", type=int, default=1_000_000, help="events for W1-W3")
     bench.add_argument("--output", default="BENCH.md", help="report file (BENCH.md)")
     bench.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated list")
+    bench.add_argument("--engine", default="files",
+                       help="comma-separated engines to measure: files, postgres (files)")
+    bench.add_argument("--dsn", default=None,
+                       help="postgres: the database to use; a schema per run is made and "
+                            "dropped (env HERALD_STORAGE_DSN; default "
+                            "postgresql://postgres@127.0.0.1:5432/herald_bench)")
+    bench.add_argument("--skip-bound", action="store_true",
+                       help="postgres: skip the raw-PostgreSQL bound and the table design")
     bench.set_defaults(func=cmd_bench)
     return parser
 
