@@ -39,7 +39,8 @@ _encoder = msgspec.json.Encoder()
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
-    group.add_argument("--url", help="Herald's URL (env HERALD_URL)")
+    group.add_argument("--url", help="Herald's URL, or several nodes' URLs separated by "
+                                     "commas (env HERALD_URL)")
     group.add_argument("--token", help="API token (env HERALD_TOKEN)")
     group.add_argument("--token-file", help="file holding the API token")
     group.add_argument("--ca", help="CA certificate to verify the server (env HERALD_CA)")
@@ -51,7 +52,8 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 def _connect(args: argparse.Namespace) -> Client:
     data = Path(args.data or os.environ.get("HERALD_DATA") or DEFAULT_DATA_DIR)
-    url = args.url or os.environ.get("HERALD_URL") or f"https://{DEFAULT_LISTEN}"
+    # Several nodes: "https://a:8443,https://b:8443"; the client fails over.
+    url = (args.url or os.environ.get("HERALD_URL") or f"https://{DEFAULT_LISTEN}").split(",")
     token = args.token or os.environ.get("HERALD_TOKEN")
     token_file = args.token_file
     if token is None and token_file is None and (data / "admin-token").exists():

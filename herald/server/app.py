@@ -291,8 +291,10 @@ def _python() -> str:
 def _banner(config: Config, url: str, created: list[str], engine: Engine) -> str:
     ca = _display(config.tls_dir / "ca.pem")
     token = _display(config.admin_token_path)
+    # An engine that keeps its data elsewhere (postgres) says where, without secrets.
+    where = getattr(engine, "location", None) or f"data in {_display(config.data)}"
     lines = [
-        f"Herald {__version__}: {engine.name} engine, data in {_display(config.data)}",
+        f"Herald {__version__}: {engine.name} engine, {where}",
         f"  CA certificate:     {ca}" + ("  (created)" if "tls" in created else ""),
         f"  server certificate: {_display(config.tls_dir / 'server.pem')}",
         f"  admin token:        {token} (mode 0600)"
