@@ -53,9 +53,6 @@ def parse_listen(value: str, key: str = "[server] listen") -> tuple[str, int]:
 @dataclass(frozen=True)
 class ServerConfig:
     listen: str = DEFAULT_LISTEN
-    # Seconds a request may take to send its headers and body (slow clients cannot
-    # pin connections).
-    request_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)

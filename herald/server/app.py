@@ -282,10 +282,11 @@ def _display(path: Path) -> str:
 
 
 def _python() -> str:
+    """The interpreter Herald runs in: the one that surely has ``herald`` installed."""
     try:
         return str(Path(sys.executable).relative_to(Path.cwd()))
     except ValueError:
-        return "python"
+        return sys.executable
 
 
 def _banner(config: Config, url: str, created: list[str], engine: Engine) -> str:
