@@ -391,9 +391,10 @@ class PostgresEngine(Engine):
             extra["application_name"] = APPLICATION_NAME
         # Server settings for every Herald session, sent with the startup packet
         # (no round trip): see LOCK_TIMEOUT_MS and IDLE_IN_TRANSACTION_TIMEOUT_MS.
+        # The DSN's own options come after them, so an operator's values win.
         options = (f"-c lock_timeout={LOCK_TIMEOUT_MS} "
                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}")
-        extra["options"] = f"{params['options']} {options}" if params.get("options") else options
+        extra["options"] = f"{options} {params['options']}" if params.get("options") else options
         return make_conninfo(self.config.dsn, **extra)
 
     async def open(self) -> None:

@@ -305,3 +305,20 @@ def test_configuration(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(engine, PostgresEngine)
     assert engine.config.schema == "events"
     assert "secret" not in engine.location
+
+
+async def test_session_settings_never_weaken_durability(node: Node) -> None:
+    """Herald's own session settings apply, the DSN's win where they overlap —
+    except that synchronous_commit is never off (an ack would not mean durable)."""
+    dsn = require_postgres()
+    a = await node(f"{dsn}?options=-c%20lock_timeout%3D1234%20-c%20synchronous_commit%3Doff")
+    async with a._connection("test") as conn:
+        settings = {}
+        for name in ("lock_timeout", "idle_in_transaction_session_timeout",
+                     "synchronous_commit", "application_name"):
+            cursor = await conn.execute(f"SHOW {name}")
+            row = await cursor.fetchone()
+            assert row is not None
+            settings[name] = row[0]
+    assert settings == {"lock_timeout": "1234ms", "idle_in_transaction_session_timeout": "30s",
+                        "synchronous_commit": "on", "application_name": "herald"}
