@@ -647,10 +647,13 @@ class PostgresEngine(Engine):
         window = DedupWindow(size)
         wanted = [event_id for p in group for _, event_id in p.supplied]
         if wanted:
-            cursor = await conn.execute(q.find_ids, (stream_id, wanted, head - size))
-            found = sorted(await cursor.fetchall(), key=lambda r: int(r[1]))
-            for event_id, position in found:
-                window.add(int(position), int(position) + 1, [(str(event_id), int(position))])
+            cursor = await conn.execute(q.find_ids, (stream_id, wanted))
+            # Rows further behind than the window are forgotten, not yet deleted.
+            found = sorted((int(position), str(event_id))
+                           for event_id, position in await cursor.fetchall()
+                           if position is not None and position >= head - size)
+            for position, event_id in found:
+                window.add(position, position + 1, [(event_id, position)])
 
         outcomes: list[AppendResult | HeraldError] = []
         records: list[Record] = []
@@ -904,8 +907,12 @@ class _Statements:
     def __init__(self, s: str) -> None:
         self.lock_stream = f"SELECT id, head, last_time FROM {s}.streams WHERE name = %s FOR UPDATE"
         self.create_stream = f"INSERT INTO {s}.streams (name) VALUES (%s) ON CONFLICT DO NOTHING"
-        self.find_ids = (f"SELECT id, position FROM {s}.event_ids "
-                         f"WHERE stream_id = %s AND id = ANY(%s) AND position >= %s")
+        # One primary-key probe per id, whatever the planner's statistics say. The
+        # plain "id = ANY(%s)" was planned, on a young table, as a scan of the whole
+        # stream's window filtered by id: 30–40 ms per 200-id append, and growing.
+        self.find_ids = (
+            f"SELECT w.id, (SELECT e.position FROM {s}.event_ids AS e"
+            f" WHERE e.stream_id = %s AND e.id = w.id) FROM unnest(%s::text[]) AS w(id)")
         # %b: the records travel in binary. As %s, psycopg would send a list of
         # bytes as a text array, hex-escaped: twice the bytes, and parsing on the
         # server (measured: W1 at half speed).

@@ -13,7 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,7 +26,6 @@ from herald.errors import HeraldError
 from ..conftest import ServerProcess
 from ..pgtools import drop_schema, new_schema, require_postgres
 
-PROOF = os.environ.get("HERALD_PROOF") == "1"
 # A node is gone at once under kill -9 (its sockets are reset); the generous bound
 # is for a loaded 2-core machine, not the expected time (printed by each test).
 FAILOVER_BOUND_SECONDS = 20.0
@@ -75,7 +73,18 @@ async def read_stream(client: herald.AsyncClient, stream: str) -> list[herald.Ev
 async def test_appends_through_both_nodes_read_back_the_same_from_either(
     cluster: Cluster,
 ) -> None:
-    writers_per_node, appends, size = (4, 60, 25) if PROOF else (3, 12, 10)
+    await concurrent_appends(cluster, writers_per_node=3, appends=12, size=10)
+
+
+@pytest.mark.proof
+async def test_appends_through_both_nodes_read_back_the_same_from_either_proof(
+    cluster: Cluster,
+) -> None:
+    await concurrent_appends(cluster, writers_per_node=8, appends=100, size=50)
+
+
+async def concurrent_appends(cluster: Cluster, writers_per_node: int, appends: int,
+                             size: int) -> None:
     clients = [cluster.client(0), cluster.client(1)]
 
     async def writer(client: herald.AsyncClient, w: int) -> list[int]:
@@ -147,9 +156,9 @@ class Load:
                 self.receive_times.append(time.monotonic())
 
 
-async def kill_a_node_under_load(cluster: Cluster, victim: str) -> None:
-    before, after = (10.0, 15.0) if PROOF else (2.0, 3.0)
-    load = Load(stream="orders", batch=200 if PROOF else 50)
+async def kill_a_node_under_load(cluster: Cluster, victim: str, before: float, after: float,
+                                 batch: int) -> None:
+    load = Load(stream="orders", batch=batch)
     # The writer starts on node 0, the subscriber on node 1.
     writer_client, subscriber_client = cluster.client(0), cluster.client(1)
     writer = asyncio.create_task(load.write(writer_client))
@@ -199,9 +208,12 @@ async def kill_a_node_under_load(cluster: Cluster, victim: str) -> None:
         await subscriber_client.close()
 
 
-async def test_kill_the_writers_node_under_load(cluster: Cluster) -> None:
-    await kill_a_node_under_load(cluster, "writer")
+@pytest.mark.parametrize("victim", ["writer", "subscriber"])
+async def test_kill_a_node_under_load(cluster: Cluster, victim: str) -> None:
+    await kill_a_node_under_load(cluster, victim, before=2.0, after=3.0, batch=50)
 
 
-async def test_kill_the_subscribers_node_under_load(cluster: Cluster) -> None:
-    await kill_a_node_under_load(cluster, "subscriber")
+@pytest.mark.proof
+@pytest.mark.parametrize("victim", ["writer", "subscriber"])
+async def test_kill_a_node_under_load_proof(cluster: Cluster, victim: str) -> None:
+    await kill_a_node_under_load(cluster, victim, before=15.0, after=20.0, batch=200)
