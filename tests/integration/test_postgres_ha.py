@@ -128,6 +128,7 @@ class Load:
     received: list[herald.Event] = field(default_factory=list)
     receive_times: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    duplicates: int = 0  # events of retried appends that had landed the first time
     stop: asyncio.Event = field(default_factory=asyncio.Event)
 
     async def write(self, client: herald.AsyncClient) -> None:
@@ -138,7 +139,8 @@ class Load:
                       for k, i in enumerate(ids)]
             while True:
                 try:
-                    await client.append(self.stream, events)
+                    result = await client.append(self.stream, events)
+                    self.duplicates += len(result.duplicates)
                     break
                 except HeraldError as exc:
                     # Every event has an id: the client already retried on the other
@@ -180,7 +182,8 @@ async def kill_a_node_under_load(cluster: Cluster, victim: str, before: float, a
         subscriber_gap = min(t for t in load.receive_times[received_before:]) - killed_at
         print(f"\nkilled the {victim}'s node: the writer continued after {writer_gap:.2f} s, "
               f"the subscriber after {subscriber_gap:.2f} s; {len(load.acked)} events "
-              f"acknowledged; retried errors: {load.errors}")
+              f"acknowledged; {load.duplicates} events of a retried append were already in "
+              f"(dedup); errors the writer saw: {load.errors}")
         assert writer_gap < FAILOVER_BOUND_SECONDS
         assert subscriber_gap < FAILOVER_BOUND_SECONDS
         survivor = cluster.nodes[1 if victim == "writer" else 0]
