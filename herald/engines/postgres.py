@@ -37,15 +37,17 @@ one: one lock, one insert, one commit, many appends. Each append is answered
 only after COMMIT returned (``synchronous_commit`` is never ``off`` on Herald's
 connections). Different streams commit in parallel on the connection pool.
 
-**Live subscribers on every node.** After each commit the writing node sends
-``pg_notify(channel, "head stream")`` in a separate, tiny transaction (a NOTIFY
-inside the append transaction would take PostgreSQL's global notify lock until
-the end of the commit and serialise every append of the cluster behind one
-WAL flush). Each node keeps one dedicated LISTEN connection and wakes its local
-waiters; a waiter re-reads from its own position, so a notification is a hint,
-never the data. A lost notification (a node killed between COMMIT and NOTIFY,
-a LISTEN connection that reconnects) delays a subscriber by at most
-``FALLBACK_POLL_SECONDS``: a poll of the heads of the streams that have waiters.
+**Live subscribers on every node.** After each commit the writing node wakes its
+own waiters, and a background task sends ``pg_notify(channel, "head stream")``
+lines in a separate, tiny transaction — off the append path, heads that moved
+meanwhile coalesced into one NOTIFY (a NOTIFY inside the append transaction would
+take PostgreSQL's global notify lock until the end of the commit and serialise
+every append of the cluster behind one WAL flush). Each node keeps one dedicated
+LISTEN connection and wakes its local waiters; a waiter re-reads from its own
+position, so a notification is a hint, never the data. A lost notification (a
+node killed between COMMIT and NOTIFY, a LISTEN connection that reconnects)
+delays a subscriber by at most ``FALLBACK_POLL_SECONDS``: a poll of the heads of
+the streams that have waiters.
 
 **Dedup window shared by all nodes.** Producer-supplied ids go into
 ``event_ids`` in the append transaction. Under the stream lock, an id counts as
@@ -136,6 +138,9 @@ FALLBACK_POLL_SECONDS = 1.0
 # that after a database failover a node reconnects seconds after the new primary
 # is up, not after a minute-long backoff.
 RECONNECT_TIMEOUT_SECONDS = 10.0
+# NOTIFY payloads are limited to 8000 bytes; heads of several streams share one
+# payload ("head stream" lines) up to this size.
+NOTIFY_PAYLOAD_BYTES = 7000
 # The LISTEN connection reconnects after a failure, backing off to this.
 LISTEN_RECONNECT_MAX_SECONDS = 5.0
 # Records one append transaction writes at most. Bounds the time a stream's lock
@@ -368,6 +373,9 @@ class PostgresEngine(Engine):
         self._closing = False
         self._listening = False
         self._sql = _Statements(f'"{config.schema}"')
+        # New heads not yet announced to the other nodes, and the task announcing them.
+        self._unannounced: dict[str, int] = {}
+        self._announcing = asyncio.Event()
 
     @classmethod
     def from_config(cls, config: Config) -> PostgresEngine:
@@ -421,9 +429,11 @@ class PostgresEngine(Engine):
             self._pool = None
             await pool.close()
             raise
+        self._announcing = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._listen_loop(), name="herald-postgres-listen"),
             asyncio.create_task(self._poll_loop(), name="herald-postgres-poll"),
+            asyncio.create_task(self._announce_loop(), name="herald-postgres-announce"),
         ]
 
     async def close(self) -> None:
@@ -434,6 +444,7 @@ class PostgresEngine(Engine):
         writers = [st.writer for st in self._streams.values() if st.writer is not None]
         if writers:
             await asyncio.gather(*writers, return_exceptions=True)
+        await self._announce()  # the last heads, so other nodes need not poll for them
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -610,8 +621,6 @@ class PostgresEngine(Engine):
                     if written is not None:
                         self._published(st, *written)
                     _answer(group, outcomes)
-                    if written is not None:
-                        await self._notify(conn, st.name, written[0])
                     return
             except StorageUnavailable as exc:
                 cause = exc.__cause__
@@ -704,19 +713,45 @@ class PostgresEngine(Engine):
         return outcomes, (position, records)
 
     def _published(self, st: _Stream, head: int, records: list[Record]) -> None:
-        """After COMMIT: local readers and waiters see the new records at once."""
+        """After COMMIT: local readers and waiters see the new records at once, and
+        the other nodes hear of the new head soon."""
         st.cache(records)
         st.advance(head)
+        self._unannounced[st.name] = max(head, self._unannounced.get(st.name, 0))
+        self._announcing.set()
 
-    async def _notify(self, conn: psycopg.AsyncConnection[Any], stream: str, head: int) -> None:
-        """Wake the other nodes' subscribers. Best effort: the appends are committed
-        and answered whatever happens here; a lost notification costs a subscriber
-        at most FALLBACK_POLL_SECONDS."""
+    async def _announce_loop(self) -> None:
+        """Tell the other nodes about new heads, off the append path: appends are
+        answered without waiting for it, and heads that move while one NOTIFY is
+        sent go out together in the next."""
+        while not self._closing:
+            await self._announcing.wait()
+            self._announcing.clear()
+            await self._announce()
+
+    async def _announce(self) -> None:
+        """Best effort: the appends are committed and answered whatever happens
+        here; a lost notification costs a subscriber at most FALLBACK_POLL_SECONDS."""
+        heads, self._unannounced = self._unannounced, {}
+        if not heads:
+            return
+        payloads: list[str] = []
+        lines: list[str] = []
+        size = 0
+        for name, head in heads.items():
+            line = f"{head} {name}"
+            if lines and size + len(line) + 1 > NOTIFY_PAYLOAD_BYTES:
+                payloads.append("\n".join(lines))
+                lines, size = [], 0
+            lines.append(line)
+            size += len(line) + 1
+        payloads.append("\n".join(lines))
         try:
-            await conn.execute("SELECT pg_notify(%s, %s)", (self.config.channel,
-                                                             f"{head} {stream}"))
-        except psycopg.Error as exc:
-            log.warning("NOTIFY for stream %s failed: %s", stream, _first_line(exc))
+            async with self._connection("notifying the other nodes") as conn:
+                for payload in payloads:
+                    await conn.execute("SELECT pg_notify(%s, %s)", (self.config.channel, payload))
+        except HeraldError as exc:
+            log.warning("NOTIFY of new heads failed (%s); other nodes will poll", exc.message)
 
     # reads
 
@@ -826,10 +861,11 @@ class PostgresEngine(Engine):
             delay = min(delay * 2, LISTEN_RECONNECT_MAX_SECONDS)
 
     def _on_notify(self, payload: str) -> None:
-        head, _, name = payload.partition(" ")
-        st = self._streams.get(name)
-        if st is not None and head.isdigit():
-            st.advance(int(head))
+        for line in payload.split("\n"):
+            head, _, name = line.partition(" ")
+            st = self._streams.get(name)
+            if st is not None and head.isdigit():
+                st.advance(int(head))
 
     async def _poll_loop(self) -> None:
         """The fallback for lost notifications: the heads of waited-on streams."""

@@ -156,10 +156,10 @@ async def test_a_lost_notification_is_made_up_for_by_the_poll(
     monkeypatch.setattr(pg, "FALLBACK_POLL_SECONDS", 0.2)
     a, b = await node(), await node()
 
-    async def lost(*args: object) -> None:
-        return None  # the node "died" between COMMIT and NOTIFY
+    async def lost() -> None:
+        b._unannounced.clear()  # the node "died" between COMMIT and NOTIFY
 
-    monkeypatch.setattr(b, "_notify", lost)
+    monkeypatch.setattr(b, "_announce", lost)
     waiter = asyncio.create_task(a.wait("quiet", 0, 30.0))
     await asyncio.sleep(0.1)
     await b.append("quiet", batch(ev(0)))
