@@ -124,9 +124,10 @@ LOCK_TIMEOUT_MS = 10_000
 # fires when a node froze or vanished mid-append (a partitioned node holds no lock
 # for longer than this).
 IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
-# TCP keepalives (libpq parameters), unless the DSN sets its own: a dead database
-# host is noticed in ~25 s even on an idle LISTEN connection.
-KEEPALIVE_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10",
+# libpq parameters, unless the DSN sets its own. TCP keepalives: a dead database
+# host is noticed in ~25 s even on an idle LISTEN connection. connect_timeout: a
+# host that does not answer fails a connection attempt in 5 s, not the OS's minutes.
+CONNECTION_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10",
                       "keepalives_interval": "5", "keepalives_count": "3",
                       "connect_timeout": "5"}
 # A waiter re-checks the head this often even without a notification: a lost
@@ -394,7 +395,7 @@ class PostgresEngine(Engine):
 
     def _conninfo(self) -> str:
         params = conninfo_to_dict(self.config.dsn)
-        extra = {k: v for k, v in KEEPALIVE_DEFAULTS.items() if k not in params}
+        extra = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in params}
         if "application_name" not in params:
             extra["application_name"] = APPLICATION_NAME
         # Server settings for every Herald session, sent with the startup packet
@@ -420,8 +421,7 @@ class PostgresEngine(Engine):
             await pool.close()
             raise StorageUnavailable(
                 f"cannot connect to PostgreSQL at {redact(self.config.dsn)} within "
-                f"{OPEN_TIMEOUT_SECONDS:.0f} s; is it running, and does the DSN allow "
-                f"this user in?") from exc
+                f"{OPEN_TIMEOUT_SECONDS:.0f} s: {await self._why_not(conninfo)}") from exc
         self._pool = pool
         try:
             await self._migrate()
@@ -454,6 +454,16 @@ class PostgresEngine(Engine):
         for st in self._streams.values():
             st.wake()  # waiters return: they re-check and find the engine closing
         self._streams.clear()
+
+    @staticmethod
+    async def _why_not(conninfo: str) -> str:
+        """The reason a connection fails (the pool only logs its attempts)."""
+        try:
+            conn = await psycopg.AsyncConnection.connect(conninfo)
+        except psycopg.Error as exc:
+            return _first_line(exc)
+        await conn.close()
+        return "the database answers now; it did not in time"
 
     @staticmethod
     async def _configure_connection(conn: psycopg.AsyncConnection[Any]) -> None:

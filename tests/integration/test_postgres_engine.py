@@ -177,7 +177,12 @@ async def test_the_dedup_window_is_shared_by_all_nodes(node: Node) -> None:
     results = await asyncio.gather(a.append("d", batch(ev(2, id="z"))),
                                    b.append("d", batch(ev(2, id="z"))))
     assert sorted(r.appended for r in results) == [0, 1]
-    assert [e.id for e in await read_all(b, "d")] == ["x", "y", "z"]
+    # A retry racing its original on one node: they share a transaction, it lands once.
+    results = await asyncio.gather(a.append("d", batch(ev(3, id="w"))),
+                                   a.append("d", batch(ev(3, id="w"))))
+    assert sorted(r.appended for r in results) == [0, 1]
+    assert {r.first for r in results} == {3}
+    assert [e.id for e in await read_all(b, "d")] == ["x", "y", "z", "w"]
 
 
 async def test_the_window_forgets_old_ids_and_prunes_their_rows(node: Node, schema: str) -> None:
@@ -235,8 +240,16 @@ async def test_an_unreachable_database_is_storage_unavailable(
         await node(proxy.dsn(require_postgres()))
     assert caught.value.status == 503
     assert "cannot connect to PostgreSQL" in caught.value.message
+    assert "server closed the connection" in caught.value.message  # the reason
     assert isinstance(caught.value.__cause__, Exception)
     await proxy.cut()
+
+
+async def test_a_refused_login_says_why(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pg, "OPEN_TIMEOUT_SECONDS", 1.0)
+    dsn = require_postgres()
+    with pytest.raises(StorageUnavailable, match='role "no_such_herald_role" does not exist'):
+        await node(f"{dsn}?user=no_such_herald_role")
 
 
 async def test_losing_the_database_is_a_503_and_the_node_recovers(
