@@ -825,20 +825,15 @@ class PostgresEngine(Engine):
         st = self._stream(stream)
         if st.head > position or self._closing:
             return st.head
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
+        if st.changed is None:
+            st.changed = asyncio.get_running_loop().create_future()
         st.waiters += 1
         try:
-            while st.head <= position and not self._closing:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                if st.changed is None:
-                    st.changed = loop.create_future()
-                try:
-                    await asyncio.wait_for(asyncio.shield(st.changed), remaining)
-                except TimeoutError:
-                    break
+            # Returns early, the head unchanged, when the node tells its waiters to
+            # look again (the database may be out of reach; see _wake_all).
+            await asyncio.wait_for(asyncio.shield(st.changed), timeout)
+        except TimeoutError:
+            pass
         finally:
             st.waiters -= 1
         return st.head
@@ -865,6 +860,8 @@ class PostgresEngine(Engine):
                 if not self._closing:
                     log.warning("LISTEN connection to PostgreSQL lost (%s); reconnecting in "
                                 "%.1f s", _first_line(exc), delay)
+                    if self._listening:
+                        self._wake_all()
             finally:
                 self._listening = False
             await asyncio.sleep(delay)
@@ -885,6 +882,15 @@ class PostgresEngine(Engine):
                 await self._poll_heads()
             except HeraldError as exc:
                 log.debug("polling heads failed: %s", exc.message)
+                self._wake_all()
+
+    def _wake_all(self) -> None:
+        """The database may be out of reach: every waiter reads again now. If the
+        read fails, its subscriber's connection breaks and the client moves to a
+        node that can serve it, instead of waiting out a heartbeat interval here."""
+        for st in self._streams.values():
+            if st.waiters:
+                st.wake()
 
     async def _poll_heads(self) -> None:
         names = [name for name, st in self._streams.items() if st.waiters]

@@ -212,12 +212,15 @@ async def _sse(request: web.Request, hub: Hub, stream: str, start: int) -> web.S
     position = start
     # An SSE "retry" tells a browser how soon to reconnect after a drop.
     await response.write(b"retry: 2000\n\n")
-    async for records in hub.follow(stream, start, follow=follow, heartbeat=heartbeat):
-        if records:
-            frames, position = render_sse(records, position)
-            await response.write(frames)
-        else:
-            await response.write(b": heartbeat %d\n\n" % position)
+    try:
+        async for records in hub.follow(stream, start, follow=follow, heartbeat=heartbeat):
+            if records:
+                frames, position = render_sse(records, position)
+                await response.write(frames)
+            else:
+                await response.write(b": heartbeat %d\n\n" % position)
+    except HeraldError as exc:
+        return _broken_stream(request, response, exc)
     await response.write_eof()
     return response
 
@@ -227,14 +230,30 @@ async def _compact(request: web.Request, hub: Hub, stream: str, start: int) -> w
     heartbeat = _heartbeat(request)
     response = await _stream_response(request, codec.MEDIA_TYPE)
     position = start
-    async for records in hub.follow(stream, start, follow=follow, heartbeat=heartbeat):
-        if records:
-            # The stored bytes go out as they are: no per-event work on the server.
-            await response.write(b"".join(r.raw for r in records))
-            position = records[-1].end
-        else:
-            await response.write(hub.heartbeat(position))
+    try:
+        async for records in hub.follow(stream, start, follow=follow, heartbeat=heartbeat):
+            if records:
+                # The stored bytes go out as they are: no per-event work on the server.
+                await response.write(b"".join(r.raw for r in records))
+                position = records[-1].end
+            else:
+                await response.write(hub.heartbeat(position))
+    except HeraldError as exc:
+        return _broken_stream(request, response, exc)
     await response.write_eof()
+    return response
+
+
+def _broken_stream(
+    request: web.Request, response: web.StreamResponse, error: HeraldError
+) -> web.StreamResponse:
+    """A streaming answer failed after it began (e.g. the storage became
+    unreachable). Its status is long sent, and an error document now would land in
+    the middle of the stream: break the connection instead. Clients resume from
+    their position — on another node, if this one cannot serve."""
+    log.warning("%s %s: stream broken off: %s", request.method, request.path, error.message)
+    if request.transport is not None:
+        request.transport.abort()
     return response
 
 

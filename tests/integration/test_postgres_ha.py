@@ -19,12 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
 import herald
 from herald.errors import HeraldError
 
 from ..conftest import ServerProcess
-from ..pgtools import drop_schema, new_schema, require_postgres
+from ..pgtools import TcpProxy, drop_schema, new_schema, require_postgres
 
 # A node is gone at once under kill -9 (its sockets are reset); the generous bound
 # is for a loaded 2-core machine, not the expected time (printed by each test).
@@ -220,3 +221,63 @@ async def test_kill_a_node_under_load(cluster: Cluster, victim: str) -> None:
 @pytest.mark.parametrize("victim", ["writer", "subscriber"])
 async def test_kill_a_node_under_load_proof(cluster: Cluster, victim: str) -> None:
     await kill_a_node_under_load(cluster, victim, before=15.0, after=20.0, batch=200)
+
+
+async def test_a_node_that_loses_the_database_sends_its_clients_elsewhere(
+    server_factory: type[ServerProcess], tmp_path: Path
+) -> None:
+    """A network failure between one node and PostgreSQL: that node answers 503
+    and breaks its subscriptions; clients carry on on the other node."""
+    dsn = require_postgres()
+    params = conninfo_to_dict(dsn)
+    proxy = await TcpProxy(str(params.get("host") or "127.0.0.1"),
+                           int(params.get("port") or 5432)).start()
+    schema = new_schema()
+    data = tmp_path / "node-data"
+    configs = []
+    for name, node_dsn in (("cut", proxy.dsn(dsn)), ("direct", dsn)):
+        config = tmp_path / f"{name}.toml"
+        config.write_text(f'[storage]\nengine = "postgres"\ndsn = "{node_dsn}"\n'
+                          f'schema = "{schema}"\npool_size = 2\n')
+        configs.append(config)
+    cut = await asyncio.to_thread(
+        server_factory(data=data, args=["--config", str(configs[0])]).start)
+    direct = await asyncio.to_thread(
+        server_factory(data=data, args=["--config", str(configs[1])]).start)
+    writer = herald.AsyncClient(direct.url, token=direct.token, ca=direct.ca)
+    reader = herald.AsyncClient([cut.url, direct.url], token=cut.token, ca=cut.ca)
+    only_cut = herald.AsyncClient(cut.url, token=cut.token, ca=cut.ca)
+    received: list[int] = []
+    # The default heartbeat (15 s): the node must notice by itself that it cannot
+    # serve, not when an idle subscription's heartbeat comes round.
+    subscription = reader.subscribe("s", 0)
+
+    async def follow() -> None:
+        async for event in subscription:
+            received.append(event.position)
+
+    task = asyncio.create_task(follow())
+    try:
+        await writer.append("s", [{"type": "T", "data": n} for n in range(5)])
+        while len(received) < 5:
+            await asyncio.sleep(0.05)
+        assert reader.url == cut.url
+        await proxy.cut()
+        with pytest.raises(herald.StorageUnavailable):
+            await only_cut.read("s", 5)
+        await writer.append("s", [{"type": "T", "data": n} for n in range(5, 10)])
+        deadline = time.monotonic() + FAILOVER_BOUND_SECONDS
+        while len(received) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert received == list(range(10)), "".join(cut.output)[-3000:]
+        assert reader.url == direct.url
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await subscription.close()
+        for client in (writer, reader, only_cut):
+            await client.close()
+        await proxy.cut()
+        for node in (cut, direct):
+            await asyncio.to_thread(node.stop)
+        drop_schema(schema)
