@@ -321,8 +321,9 @@ def render_comparison(measured: dict[str, dict[str, Measure]],
         "the medians of the sections above (Herald over HTTPS, the Python client); the "
         "bound is raw psycopg on the same database with the same events: "
         f"{W1_IN_FLIGHT} connections, a COMMIT per batch of {BATCH:,} (a durable ack per "
-        "batch, as W1), no HTTP, no TLS, no Herald (see `herald/bench/postgres.py`). "
-        "Run both engines in one command (`--engine files,postgres`) for the files column.",
+        "batch, as W1), no HTTP, no TLS, no Herald (see `herald/bench/postgres.py`)."
+        + ("" if files else " Run both engines in one command (`--engine files,postgres`) "
+           "for the files column."),
         "",
         "| workload | files engine | postgres engine | PostgreSQL bound |",
         "|---|---|---|---|",

@@ -256,9 +256,9 @@ MIGRATIONS: tuple[Migration, ...] = (
                PRIMARY KEY (stream_id, last)
            )""",
         # Records are JSON and compress well. lz4 compresses fast enough that fewer
-        # TOAST chunks and less WAL make appends faster, not slower, and reads too
-        # (measured against uncompressed and pglz: BENCH.md, "table design"). A
-        # server built without lz4 (or older than PostgreSQL 14) keeps its default.
+        # TOAST chunks and less WAL make appends faster, not slower, and reads no
+        # slower (measured against uncompressed and pglz: BENCH.md, "table design").
+        # A server built without lz4 (or older than PostgreSQL 14) keeps its default.
         """DO $$ BEGIN
                EXECUTE 'ALTER TABLE {s}.batches ALTER COLUMN record SET COMPRESSION lz4';
            EXCEPTION WHEN feature_not_supported OR syntax_error THEN
