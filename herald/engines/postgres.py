@@ -206,12 +206,22 @@ def _answer(group: list[_Pending], outcomes: list[AppendResult | HeraldError]) -
             pending.future.set_result(outcome)
 
 
+# SQLSTATEs that end a session: the server is shutting down or restarting
+# (57P01 admin_shutdown, as pg_terminate_backend gives, 57P02 crash_shutdown,
+# 57P03 cannot_connect_now), and class 08, connection exceptions.
+_SESSION_ENDED = ("57P01", "57P02", "57P03")
+
+
 def _stale_connection(exc: StorageUnavailable) -> bool:
     """Did a pooled connection turn out to be dead (rather than no connection being
-    available at all)? Then a fresh connection may well work."""
+    available at all, or the server refusing the work, e.g. lock_timeout)? Then a
+    fresh connection may well work."""
     cause = exc.__cause__
-    return isinstance(cause, psycopg.OperationalError) and not isinstance(
-        cause, psycopg_pool.PoolTimeout)
+    if not isinstance(cause, psycopg.OperationalError) or isinstance(
+            cause, psycopg_pool.PoolTimeout):
+        return False
+    state = cause.sqlstate
+    return state is None or state.startswith("08") or state in _SESSION_ENDED
 
 
 def redact(dsn: str) -> str:
@@ -525,8 +535,10 @@ class PostgresEngine(Engine):
         except psycopg_pool.PoolClosed as exc:
             raise StorageUnavailable("the postgres engine is closing") from exc
         except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+            # Connection failures, and the server refusing work for now (a lock
+            # wait over lock_timeout, a shutdown): another node, or a retry, may do.
             raise StorageUnavailable(
-                f"PostgreSQL connection failed ({what}): {_first_line(exc)}") from exc
+                f"PostgreSQL is unavailable ({what}): {_first_line(exc)}") from exc
         except psycopg.Error as exc:
             raise ServerError(f"PostgreSQL error ({what}): {_first_line(exc)}",
                               code="storage_error") from exc

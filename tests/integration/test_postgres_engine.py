@@ -335,3 +335,20 @@ async def test_session_settings_never_weaken_durability(node: Node) -> None:
             settings[name] = row[0]
     assert settings == {"lock_timeout": "1234ms", "idle_in_transaction_session_timeout": "30s",
                         "synchronous_commit": "on", "application_name": "herald"}
+
+
+async def test_a_stream_locked_too_long_is_a_503_not_a_hang(
+    node: Node, schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pg, "LOCK_TIMEOUT_MS", 300)
+    a = await node()
+    await a.append("held", batch(ev(0)))
+    with psycopg.connect(require_postgres()) as holder:  # a stuck appender elsewhere
+        holder.execute(f'SELECT 1 FROM "{schema}".streams WHERE name = %s FOR UPDATE',
+                       ("held",))
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(StorageUnavailable, match="lock timeout"):
+            await a.append("held", batch(ev(1)))
+        # Refused by the server, not a dead connection: not tried a second time.
+        assert asyncio.get_running_loop().time() - started < 5
+    assert (await a.append("held", batch(ev(1)))).first == 1
