@@ -34,7 +34,8 @@ append it twice. The caller gets the error (TransportError or StorageUnavailable
 and decides; the next request goes to the next node.
 
 A subscription that loses its node resumes from ``position`` on the next one, at
-once; it backs off only when every node has failed in a row.
+once; it backs off only when every node has failed in a row. A node that hears
+nothing — not even a heartbeat — for three heartbeat intervals counts as lost.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ T = TypeVar("T")
 RECONNECT_INITIAL_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 READ_BUFFER_BYTES = 1024 * 1024
+# A subscription's server sends a heartbeat after this many seconds of quiet (the
+# server's default; ``heartbeat=`` asks for another). A subscription that hears
+# nothing at all — no events, no heartbeat — for SILENCE_HEARTBEATS heartbeats
+# plus SILENCE_GRACE_SECONDS takes its node for hung and moves on: a node that is
+# stopped or cut off, not dead, keeps its TCP connection open and would otherwise
+# hold the subscription forever.
+SERVER_HEARTBEAT_SECONDS = 15.0
+SILENCE_HEARTBEATS = 3
+SILENCE_GRACE_SECONDS = 2.0
 # Answers that say "this node cannot serve now, another may": its storage is
 # unreachable (503), or a proxy in front of it found no live node (502, 504).
 UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
@@ -459,10 +469,14 @@ class AsyncSubscription:
         # TLS already guarantees integrity in transit and the server checked every CRC
         # before sending: checking again here would only cost time.
         decoder = codec.RecordDecoder(verify=False)
+        heartbeat = self._heartbeat or SERVER_HEARTBEAT_SECONDS
+        silence = aiohttp.ClientTimeout(
+            total=None, sock_connect=client._timeout,
+            sock_read=SILENCE_HEARTBEATS * heartbeat + SILENCE_GRACE_SECONDS)
         try:
             response = await client._http().get(
                 f"{url}/v1/streams/{self.stream}/events", params=params,
-                headers={"Accept": codec.MEDIA_TYPE})
+                headers={"Accept": codec.MEDIA_TYPE}, timeout=silence)
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
             raise _transport_error(exc, url) from exc
         self._response = response

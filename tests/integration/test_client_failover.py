@@ -28,6 +28,7 @@ class FailingNode:
         self.mode = mode
         self.requests: list[str] = []
         self.server: asyncio.Server | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
 
     @property
     def url(self) -> str:
@@ -40,11 +41,17 @@ class FailingNode:
         return self
 
     async def stop(self) -> None:
+        for task in self._handlers:
+            task.cancel()
+        await asyncio.gather(*self._handlers, return_exceptions=True)
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
             head = await reader.readuntil(b"\r\n\r\n")
             length = 0
@@ -53,6 +60,8 @@ class FailingNode:
                     length = int(line.split(b":")[1])
             await reader.readexactly(length)
             self.requests.append(head.split(b"\r\n")[0].decode())
+            if self.mode == "hang":  # a stopped node: the connection stays, silent
+                await asyncio.sleep(3600)
             if self.mode == "503":
                 body = (b'{"error":{"code":"storage_unavailable",'
                         b'"message":"PostgreSQL is unreachable"}}')
@@ -60,10 +69,11 @@ class FailingNode:
                              b"application/json\r\nContent-Length: %d\r\n\r\n%s"
                              % (len(body), body))
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
             pass
         finally:
             writer.transport.abort()
+            self._handlers.discard(task)
 
 
 def closed_port_url() -> str:
@@ -167,3 +177,19 @@ def test_the_blocking_client_takes_several_urls_too(server: ServerProcess) -> No
         assert len(c.urls) == 2
     with pytest.raises(herald.ClientError):
         herald.Client([], token=server.token, ca=server.ca)
+
+
+async def test_a_subscription_leaves_a_node_that_hangs(server: ServerProcess) -> None:
+    hung = await FailingNode(server.data / "tls", "hang").start()
+    try:
+        async with client(server, server.url) as c:
+            await c.append("s", [{"type": "T", "data": n} for n in range(3)])
+        async with client(server, hung.url, server.url) as c:
+            # heartbeat 0.1 s: silence for 3 heartbeats + 2 s means the node hangs
+            async with c.subscribe("s", 0, heartbeat=0.1) as subscription:
+                first = await asyncio.wait_for(subscription.next_batch(), 30)
+            assert [e.position for e in first] == [0, 1, 2]
+            assert c.url == server.url
+            assert len(hung.requests) == 1
+    finally:
+        await hung.stop()
