@@ -34,8 +34,9 @@ append it twice. The caller gets the error (TransportError or StorageUnavailable
 and decides; the next request goes to the next node.
 
 A subscription that loses its node resumes from ``position`` on the next one, at
-once; it backs off only when every node has failed in a row. A node that hears
-nothing — not even a heartbeat — for three heartbeat intervals counts as lost.
+once; it backs off only when every node has failed in a row. A subscription that
+hears nothing — not even a heartbeat — for three heartbeat intervals takes its node
+for lost.
 """
 
 from __future__ import annotations

@@ -14,6 +14,7 @@ section puts the engines and the bound side by side.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import re
@@ -121,7 +122,9 @@ def engine_server(engine: str, dsn: str | None = None) -> Iterator[Server]:
     directory = Path(tempfile.mkdtemp(prefix="herald-bench-"))
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     config = directory / "herald.toml"
-    config.write_text(f'[storage]\nengine = "postgres"\ndsn = "{dsn}"\nschema = "{schema}"\n')
+    # json.dumps: a TOML basic string, whatever quotes or backslashes the DSN holds.
+    config.write_text(f'[storage]\nengine = "postgres"\ndsn = {json.dumps(dsn)}\n'
+                      f'schema = "{schema}"\n')
     try:
         with herald_server(directory / "data", ["--config", str(config)]) as server:
             yield server
