@@ -494,7 +494,13 @@ class PostgresEngine(Engine):
             # left to do. The lock ends with the transaction.
             await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))",
                                (f"herald-migrate:{schema}",))
-            await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {quoted}")
+            # Look first: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege on
+            # the database even when the schema exists, and a role that merely owns
+            # a schema made for it by an administrator lacks it.
+            cursor = await conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s",
+                                        (schema,))
+            if await cursor.fetchone() is None:
+                await conn.execute(f"CREATE SCHEMA {quoted}")
             await conn.execute(
                 f"""CREATE TABLE IF NOT EXISTS {quoted}.schema_migrations (
                         version     integer PRIMARY KEY,

@@ -352,3 +352,21 @@ async def test_a_stream_locked_too_long_is_a_503_not_a_hang(
         # Refused by the server, not a dead connection: not tried a second time.
         assert asyncio.get_running_loop().time() - started < 5
     assert (await a.append("held", batch(ev(1)))).first == 1
+
+
+async def test_a_role_that_only_owns_its_schema_is_enough(node: Node, schema: str) -> None:
+    """Production: an administrator creates the schema for Herald's role, which may
+    not create schemas itself."""
+    dsn = require_postgres()
+    role = f"herald_test_{random.randrange(1 << 30)}"
+    with psycopg.connect(dsn, autocommit=True) as admin:
+        admin.execute(f'CREATE ROLE "{role}" LOGIN')
+        admin.execute(f'CREATE SCHEMA "{schema}" AUTHORIZATION "{role}"')
+    try:
+        a = await node(f"{dsn}?user={role}")
+        assert (await a.append("owned", batch(ev(0)))).head == 1
+        await a.close()
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+            admin.execute(f'DROP ROLE "{role}"')
