@@ -311,6 +311,7 @@ class _Stream:
     tail_bytes: int = 0
     changed: asyncio.Future[None] | None = None
     waiters: int = 0
+    alarms: int = 0  # times the node feared for its database (see _wake_all)
     queue: list[_Pending] = field(default_factory=list)
     writer: asyncio.Task[None] | None = None
     avg_record: int = 4096  # bytes, for sizing reads
@@ -841,17 +842,27 @@ class PostgresEngine(Engine):
 
     async def wait(self, stream: str, position: int, timeout: float) -> int:
         st = self._stream(stream)
-        if st.head > position or self._closing:
-            return st.head
-        if st.changed is None:
-            st.changed = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        alarms = st.alarms
         st.waiters += 1
         try:
-            # Returns early, the head unchanged, when the node tells its waiters to
-            # look again (the database may be out of reach; see _wake_all).
-            await asyncio.wait_for(asyncio.shield(st.changed), timeout)
-        except TimeoutError:
-            pass
+            while st.head <= position and not self._closing:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                if st.changed is None:
+                    st.changed = loop.create_future()
+                try:
+                    await asyncio.wait_for(asyncio.shield(st.changed), remaining)
+                except TimeoutError:
+                    break
+                if st.alarms != alarms:
+                    # The node may have lost the database (see _wake_all): ask it.
+                    # If it cannot be reached this raises StorageUnavailable, and the
+                    # subscriber moves to a node that can serve it.
+                    alarms = st.alarms
+                    await self.head(stream)
         finally:
             st.waiters -= 1
         return st.head
@@ -903,11 +914,12 @@ class PostgresEngine(Engine):
                 self._wake_all()
 
     def _wake_all(self) -> None:
-        """The database may be out of reach: every waiter reads again now. If the
-        read fails, its subscriber's connection breaks and the client moves to a
-        node that can serve it, instead of waiting out a heartbeat interval here."""
+        """The database may be out of reach: every waiter checks now. If it cannot
+        reach the database, its subscriber's connection breaks and the client moves
+        to a node that can serve it, instead of waiting here for nothing."""
         for st in self._streams.values():
             if st.waiters:
+                st.alarms += 1
                 st.wake()
 
     async def _poll_heads(self) -> None:

@@ -262,8 +262,13 @@ async def test_losing_the_database_is_a_503_and_the_node_recovers(
                            int(params.get("port") or 5432)).start()
     a = await node(proxy.dsn(dsn))
     await a.append("outage", batch(ev(0)))
+    waiter = asyncio.create_task(a.wait("outage", 1, 60.0))
+    await asyncio.sleep(0.2)
 
     await proxy.cut()
+    # A waiter does not wait out its timeout on a node that lost the database.
+    with pytest.raises(StorageUnavailable):
+        await asyncio.wait_for(waiter, 30.0)
     # (records already read stay readable from the node's cache: they never change)
     for operation in (a.append("outage", batch(ev(1))), a.read("outage", 1),
                       a.head("outage"), a.streams()):
