@@ -552,24 +552,31 @@ class PostgresEngine(Engine):
 
     async def _retrying(self, what: str,
                         run: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]]) -> T:
-        """Run a read-only ``run`` on a pooled connection; once more on a fresh one
-        if the first connection turned out dead (PostgreSQL restarted, failed over:
-        every pooled connection is stale at once, and each would fail one request)."""
-        try:
-            async with self._connection(what) as conn:
-                return await run(conn)
-        except StorageUnavailable as exc:
-            if not _stale_connection(exc) or self._closing:
-                raise
-            await self._check_pool()
-        async with self._connection(what) as conn:
-            return await run(conn)
+        """Run a read-only ``run`` on a pooled connection, again on another one if
+        it turned out dead (PostgreSQL restarted, failed over: every pooled
+        connection is stale at once, and each would fail one request)."""
+        for attempt in range(self._stale_attempts()):
+            try:
+                async with self._connection(what) as conn:
+                    return await run(conn)
+            except StorageUnavailable as exc:
+                if (not _stale_connection(exc) or self._closing
+                        or attempt == self._stale_attempts() - 1):
+                    raise
+                await self._after_stale(attempt)
+        raise AssertionError("unreachable")
 
-    async def _check_pool(self) -> None:
-        """One pooled connection was dead: the others likely are too (the database
-        restarted or failed over). Test them all now, so the retry gets a live one."""
+    def _stale_attempts(self) -> int:
+        # Each dead connection fails at once and leaves the pool; after as many
+        # attempts as the pool holds, plus one, the failure is not stale connections.
+        return self.config.pool_size + 1
+
+    async def _after_stale(self, attempt: int) -> None:
+        """A pooled connection was dead: the others likely are too (the database
+        restarted or failed over). Test the idle ones at once, so the next attempt
+        gets a live one (connections in use fail on their own, once each)."""
         pool = self._pool
-        if pool is not None:
+        if pool is not None and attempt == 0:
             try:
                 await pool.check()
             except psycopg.Error as exc:  # pragma: no cover - check() handles its own
@@ -631,11 +638,11 @@ class PostgresEngine(Engine):
         """Write a group of appends to one stream in one transaction; answer them.
 
         Two round trips in pipeline mode: BEGIN and the lock (whose answer says
-        where the batches go), then the writes and COMMIT. Run again from the start
-        if the connection turned out dead before COMMIT was sent: PostgreSQL rolled
-        the transaction back, nothing was written.
+        where the batches go), then the writes and COMMIT. Run again from the start,
+        on another connection, if the connection turned out dead before COMMIT was
+        sent: PostgreSQL rolled the transaction back, nothing was written.
         """
-        for attempt in (1, 2):
+        for attempt in range(self._stale_attempts()):
             committing = False
             try:
                 async with self._connection(f"appending to stream {st.name}") as conn:
@@ -657,11 +664,12 @@ class PostgresEngine(Engine):
                     raise StorageUnavailable(
                         f"PostgreSQL connection failed while committing an append to stream "
                         f"{st.name}; it may or may not have been appended") from cause
-                if attempt == 2 or self._closing or not _stale_connection(exc):
+                if (not _stale_connection(exc) or self._closing
+                        or attempt == self._stale_attempts() - 1):
                     raise
                 log.warning("append to stream %s: connection failed before commit (%s); "
-                            "retrying on a fresh connection", st.name, exc.message)
-                await self._check_pool()
+                            "retrying on another connection", st.name, exc.message)
+                await self._after_stale(attempt)
 
     async def _write_group(
         self, conn: psycopg.AsyncConnection[Any], st: _Stream, group: list[_Pending]
