@@ -552,7 +552,9 @@ def _python() -> str:
 def _banner(config: Config, url: str, created: list[str], engine: Engine,
             redirect_url: str | None, gatherers: GatherManager) -> str:
     token = _display(config.admin_token_path)
-    lines = [f"Herald {__version__}: {engine.name} engine, data in {_display(config.data)}"]
+    # An engine that keeps its data elsewhere (postgres) says where, without secrets.
+    where = getattr(engine, "location", None) or f"data in {_display(config.data)}"
+    lines = [f"Herald {__version__}: {engine.name} engine, {where}"]
     if config.tls.cert is None:
         ca = _display(config.tls_dir / "ca.pem")
         lines += [
