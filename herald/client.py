@@ -150,9 +150,14 @@ def _all_ids(body: bytes) -> bool:
 
 
 def _unavailable(error: HeraldError) -> bool:
-    """A failure another node may not have: retry there."""
-    return isinstance(error, TransportError) or (
-        isinstance(error, ServerError) and error.status in UNAVAILABLE_STATUSES)
+    """A failure another node may not have: retry there.
+
+    Not a TLS failure: a certificate the client does not trust (a wrong ``ca``) is a
+    setting to fix, and retrying it forever would hide it (a subscription would
+    never return)."""
+    if isinstance(error, TransportError):
+        return error.code != "tls_error"
+    return isinstance(error, ServerError) and error.status in UNAVAILABLE_STATUSES
 
 
 def _node_urls(url: str | Sequence[str]) -> list[str]:
