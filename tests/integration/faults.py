@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 import herald
 from herald import cli
 
-from ..conftest import ServerProcess, require_tool
+from ..conftest import require_tool
 
 
 @dataclass
@@ -82,7 +81,31 @@ def assert_check_clean(data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and out.rstrip().endswith("clean"), out
 
 
-class SyscallTrap:
+class StraceLog:
+    """What strace writes to its ``-o`` file, as it writes it."""
+
+    def __init__(self, log: Path) -> None:
+        self.log = log
+
+    def text(self) -> str:
+        try:
+            return self.log.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> str:
+        """The first line that matches ``pattern`` (a regex), as soon as it is there."""
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.text().splitlines():
+                if compiled.search(line):
+                    return line
+            time.sleep(0.005)
+        raise AssertionError(f"strace never showed {pattern!r}:\n{self.text()[-3000:]}")
+
+
+class SyscallTrap(StraceLog):
     """strace attached to a running process (all its threads, and those it starts).
 
     ``args`` choose what is traced and done, e.g. ``-e trace=fdatasync -P FILE -e
@@ -91,12 +114,12 @@ class SyscallTrap:
     each openat, long enough to kill it there. strace prints a call's name and
     arguments as it is entered (and its result as it returns), before any delay, so
     ``wait_for`` sees the call while the process is held in it. ``-y`` shows the path
-    behind every file descriptor.
+    behind every file descriptor; ``-s 0`` leaves out the bytes written.
     """
 
     def __init__(self, pid: int, args: list[str], log: Path) -> None:
+        super().__init__(log)
         self.pid = pid
-        self.log = log
         strace = require_tool("strace")
         self.process = subprocess.Popen(
             [strace, "-f", "-qq", "-y", "-s", "0", "-o", str(log), "-p", str(pid), *args],
@@ -117,25 +140,6 @@ class SyscallTrap:
             return False
         return all(re.search(r"^TracerPid:\s+[1-9]", s, re.M) for s in statuses)
 
-    def text(self) -> str:
-        try:
-            return self.log.read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def wait_for(self, pattern: str, timeout: float = 60.0) -> str:
-        """The first line of strace's output that matches ``pattern`` (a regex)."""
-        compiled = re.compile(pattern, re.M)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            match = compiled.search(self.text())
-            if match:
-                start = self.text().rfind("\n", 0, match.start()) + 1
-                end = self.text().find("\n", match.end())
-                return self.text()[start:end if end != -1 else None]
-            time.sleep(0.005)
-        raise AssertionError(f"strace never showed {pattern!r}:\n{self.text()[-3000:]}")
-
     def detach(self) -> None:
         """Let the process go on untraced (strace detaches on SIGINT)."""
         if self.process.poll() is None:
@@ -150,10 +154,3 @@ class SyscallTrap:
             self.process.wait()
         if self.process.stderr is not None:
             self.process.stderr.close()
-
-
-def kill(server: ServerProcess) -> None:
-    """SIGKILL Herald now (held by strace or not); collect it."""
-    assert server.process is not None
-    os.kill(server.process.pid, signal.SIGKILL)
-    server.kill()
