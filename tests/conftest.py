@@ -48,10 +48,11 @@ def require_tool(name: str) -> str:
         [os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
     if found:
         return found
-    _missing(f"{name} is not installed (`make system-tools` installs it)")
+    unavailable(f"{name} is not installed (`make system-tools` installs it)")
 
 
-def _missing(message: str) -> NoReturn:
+def unavailable(message: str) -> NoReturn:
+    """Skip the test, or fail it under CI=true (where everything it needs is installed)."""
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
@@ -72,7 +73,7 @@ def small_filesystem(path: Path, size: int, kind: str = "tmpfs",
     runs as root.
     """
     if os.geteuid() != 0:
-        _missing("mounting a small filesystem needs root")
+        unavailable("mounting a small filesystem needs root")
     path.mkdir(parents=True, exist_ok=True)
     if kind == "tmpfs":
         options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
@@ -89,7 +90,7 @@ def small_filesystem(path: Path, size: int, kind: str = "tmpfs",
         raise AssertionError(kind)
     mounted = subprocess.run(command, capture_output=True, text=True)
     if mounted.returncode != 0:
-        _missing(f"cannot mount a {kind}: {mounted.stderr.strip()}")
+        unavailable(f"cannot mount a {kind}: {mounted.stderr.strip()}")
     try:
         yield path
     finally:
