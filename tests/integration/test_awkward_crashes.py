@@ -61,8 +61,9 @@ TIMEOUT = 60.0
 
 
 def batch(n: int) -> list[dict[str, Any]]:
-    # Fixed size (the id is zero-padded): every record is as long as the first.
-    return [{"type": "Awkward", "data": {"n": n, "pad": "a" * 700}, "id": f"e-{n:06d}"}]
+    # Fixed size (numbers zero-padded): every record is as long as the first, so the
+    # position at which the next segment starts can be foretold.
+    return [{"type": "Awkward", "data": {"n": f"{n:06d}", "pad": "a" * 700}, "id": f"e-{n:06d}"}]
 
 
 @dataclass(frozen=True)
