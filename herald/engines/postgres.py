@@ -315,6 +315,7 @@ class _Stream:
     queue: list[_Pending] = field(default_factory=list)
     writer: asyncio.Task[None] | None = None
     avg_record: int = 4096  # bytes, for sizing reads
+    synced: bool = False  # head has been read from the database at least once
 
     def advance(self, head: int) -> None:
         """A durable head was seen: wake the waiters if it moved."""
@@ -846,10 +847,15 @@ class PostgresEngine(Engine):
         st = self._streams.get(stream)
         if st is not None:
             st.advance(head)
+            st.synced = True
         return head
 
     async def wait(self, stream: str, position: int, timeout: float) -> int:
         st = self._stream(stream)
+        if not st.synced and st.head <= position:
+            # A stream this node has not heard of yet: its head is whatever the
+            # database says (appended by another node before we listened), not 0.
+            await self.head(stream)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         alarms = st.alarms
