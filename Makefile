@@ -6,10 +6,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: serve test check proof bench bench-gather bench-peers soak clean system-tools
 
-# The security tests drive real nginx (with its stream module), curl and openssl,
-# from Debian's packages. Installed here when missing, so a clean machine and CI
-# have them; tests that need a missing one fail under CI=true and skip elsewhere.
-SYSTEM_PACKAGES := nginx libnginx-mod-stream curl openssl
+# The security tests drive real nginx (with its stream module), curl and openssl;
+# the fault tests strace (to hold Herald at a chosen system call and kill it there,
+# or make the call fail), faketime (to jump its clock) and mkfs.ext4 (a small
+# filesystem to fill). All from Debian's packages, installed here when missing, so
+# a clean machine and CI have them; tests that need a missing one fail under CI=true
+# and skip elsewhere.
+SYSTEM_PACKAGES := nginx libnginx-mod-stream curl openssl strace faketime e2fsprogs
+SYSTEM_COMMANDS := nginx curl openssl strace faketime mkfs.ext4
 NGINX_STREAM_MODULE := /usr/lib/nginx/modules/ngx_stream_module.so
 
 $(STAMP): pyproject.toml
@@ -26,15 +30,19 @@ check: $(STAMP)
 	$(BIN)/mypy
 
 system-tools:
-	@if command -v nginx >/dev/null && command -v curl >/dev/null \
-	    && command -v openssl >/dev/null && [ -e $(NGINX_STREAM_MODULE) ]; then :; \
+	@missing=""; \
+	for tool in $(SYSTEM_COMMANDS); do \
+	  PATH="$$PATH:/usr/sbin:/sbin" command -v $$tool >/dev/null || missing="$$missing $$tool"; \
+	done; \
+	[ -e $(NGINX_STREAM_MODULE) ] || missing="$$missing nginx-stream-module"; \
+	if [ -z "$$missing" ]; then :; \
 	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	  echo "installing $(SYSTEM_PACKAGES) (Debian packages) for the tests"; \
 	  export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get update -qq && apt-get install -y -qq --no-install-recommends \
 	    $(SYSTEM_PACKAGES) >/dev/null; \
 	else \
-	  echo "nginx, curl or openssl is missing and apt-get is not usable: their tests skip"; \
+	  echo "missing:$$missing, and apt-get is not usable: their tests skip"; \
 	fi
 
 test: $(STAMP) check system-tools

@@ -7,7 +7,7 @@
     herald gather status [--json] [--watch [--until-caught-up]]
     herald gather skip NAME POSITION                                skip a bad source row
     herald check   --data DIR [--repair]
-    herald bench   [--quick] [--output BENCH.md] [--peers]
+    herald bench   [--quick] [--output BENCH.md] [--engine files,postgres] [--dsn DSN] [--peers]
     herald certs   ca | server NAME [--san NAME…] | client MODULE   PEM files; keys 0600
     herald users   hash                    a [[user]] password_hash (password on stdin)
     herald tokens  new | hash              a Bearer token and its token_sha256
@@ -44,7 +44,8 @@ _encoder = msgspec.json.Encoder()
 
 def _client_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("connection")
-    group.add_argument("--url", help="Herald's URL (env HERALD_URL)")
+    group.add_argument("--url", help="Herald's URL, or several nodes' URLs separated by "
+                                     "commas (env HERALD_URL)")
     group.add_argument("--token", help="API token (env HERALD_TOKEN)")
     group.add_argument("--token-file", help="file holding the API token")
     group.add_argument("--ca", help="CA certificate to verify the server (env HERALD_CA)")
@@ -56,7 +57,8 @@ def _client_options(parser: argparse.ArgumentParser) -> None:
 
 def _connect(args: argparse.Namespace) -> Client:
     data = Path(args.data or os.environ.get("HERALD_DATA") or DEFAULT_DATA_DIR)
-    url = args.url or os.environ.get("HERALD_URL") or f"https://{DEFAULT_LISTEN}"
+    # Several nodes: "https://a:8443,https://b:8443"; the client fails over.
+    url = (args.url or os.environ.get("HERALD_URL") or f"https://{DEFAULT_LISTEN}").split(",")
     token = args.token or os.environ.get("HERALD_TOKEN")
     token_file = args.token_file
     if token is None and token_file is None and (data / "admin-token").exists():
@@ -490,6 +492,14 @@ def build_parser() -> argparse.ArgumentParser:
                                           "databases (postgresql://postgres@127.0.0.1:5432/postgres)")
     bench.add_argument("--mysql", help="G2: a MariaDB/MySQL URL allowed to create databases "
                                        "(mysql://root@127.0.0.1:3306)")
+    bench.add_argument("--engine", default="files",
+                       help="comma-separated engines to measure: files, postgres (files)")
+    bench.add_argument("--dsn", default=None,
+                       help="postgres: the database to use; a schema per run is made and "
+                            "dropped (env HERALD_STORAGE_DSN; default "
+                            "postgresql://postgres@127.0.0.1:5432/herald_bench)")
+    bench.add_argument("--skip-bound", action="store_true",
+                       help="postgres: skip the raw-PostgreSQL bound and the table design")
     peers = bench.add_argument_group("peers (--peers)")
     peers.add_argument("--peers", action="store_true",
                        help="run the workloads against Herald and its peers side by side "

@@ -12,6 +12,31 @@ Subscriptions use the compact form (``application/vnd.herald.records``): the ser
 sends its stored records unchanged and the client decodes whole batches with
 msgspec. A subscription that loses its connection resumes from its position by
 itself. Every failure is a ``herald.HeraldError``; transport errors never leak.
+
+**Several nodes.** ``url`` may be a list of node URLs (Herald nodes over one
+PostgreSQL). The client talks to one node at a time and moves to the next when
+that node cannot be reached or answers that it is unavailable (HTTP 502/503/504)
+— and stays there. What it retries on the next node, without the caller seeing
+the failure:
+
+* requests that change nothing (reads, stream listings): always;
+* any request that never reached a node (the connection could not be opened);
+* an append whose every event carries an ``id``: the dedup window, shared by all
+  nodes, turns a retry of an append that did land into ``appended=0`` with the
+  ``duplicates`` listed, so the events are in the stream exactly once;
+* an append with ``expected_head``: it cannot land twice. If the first attempt
+  did land, the retry fails with ExpectedHeadMismatch, and the caller re-reads
+  where the stream is (as a gatherer does anyway);
+
+and what it does not: an append without ids and without ``expected_head`` that
+failed after it was sent. It may have been appended; sending it again could
+append it twice. The caller gets the error (TransportError or StorageUnavailable)
+and decides; the next request goes to the next node.
+
+A subscription that loses its node resumes from ``position`` on the next one, at
+once; it backs off only when every node has failed in a row. A subscription that
+hears nothing — not even a heartbeat — for three heartbeat intervals takes its node
+for lost.
 """
 
 from __future__ import annotations
@@ -19,7 +44,15 @@ from __future__ import annotations
 import asyncio
 import ssl
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Coroutine, Iterable, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterator,
+    Coroutine,
+    Iterable,
+    Iterator,
+    Mapping,
+    Sequence,
+)
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -32,6 +65,7 @@ from .errors import (
     ClientError,
     HeraldError,
     ProtocolError,
+    ServerError,
     TransportError,
     error_from_wire,
 )
@@ -53,6 +87,18 @@ T = TypeVar("T")
 RECONNECT_INITIAL_SECONDS = 0.1
 RECONNECT_MAX_SECONDS = 5.0
 READ_BUFFER_BYTES = 1024 * 1024
+# A subscription's server sends a heartbeat after this many seconds of quiet (the
+# server's default; ``heartbeat=`` asks for another). A subscription that hears
+# nothing at all — no events, no heartbeat — for SILENCE_HEARTBEATS heartbeats
+# plus SILENCE_GRACE_SECONDS takes its node for hung and moves on: a node that is
+# stopped or cut off, not dead, keeps its TCP connection open and would otherwise
+# hold the subscription forever.
+SERVER_HEARTBEAT_SECONDS = 15.0
+SILENCE_HEARTBEATS = 3
+SILENCE_GRACE_SECONDS = 2.0
+# Answers that say "this node cannot serve now, another may": its storage is
+# unreachable (503), or a proxy in front of it found no live node (502, 504).
+UNAVAILABLE_STATUSES = frozenset({502, 503, 504})
 
 
 class ReadResult(msgspec.Struct):
@@ -85,6 +131,41 @@ class _Gatherers(msgspec.Struct):
 class _Skipped(msgspec.Struct):
     skip: GatherSkip
     gatherer: GathererStatus
+
+
+class _IdOnly(msgspec.Struct):
+    id: str | None = None
+
+
+_ids_decoder = msgspec.json.Decoder(list[_IdOnly])
+
+
+def _all_ids(body: bytes) -> bool:
+    """Does every event of an encoded batch carry an id (so a retry is safe)?"""
+    try:
+        events = _ids_decoder.decode(body)
+    except msgspec.MsgspecError:
+        return False  # the server will refuse it; nothing to retry
+    return bool(events) and all(e.id is not None for e in events)
+
+
+def _unavailable(error: HeraldError) -> bool:
+    """A failure another node may not have: retry there.
+
+    Not a TLS failure: a certificate the client does not trust (a wrong ``ca``) is a
+    setting to fix, and retrying it forever would hide it (a subscription would
+    never return)."""
+    if isinstance(error, TransportError):
+        return error.code != "tls_error"
+    return isinstance(error, ServerError) and error.status in UNAVAILABLE_STATUSES
+
+
+def _node_urls(url: str | Sequence[str]) -> list[str]:
+    urls = [url] if isinstance(url, str) else list(url)
+    urls = [u.strip().rstrip("/") for u in urls if u.strip()]
+    if not urls:
+        raise ClientError("no Herald URL given", code="bad_url")
+    return urls
 
 
 _batch_decoder = msgspec.json.Decoder(_WireBatch)
@@ -140,11 +221,15 @@ def _read_token(token: str | None, token_file: str | Path | None) -> str | None:
 
 
 class AsyncClient:
-    """Herald over HTTPS, for asyncio code. Use as ``async with AsyncClient(…)``."""
+    """Herald over HTTPS, for asyncio code. Use as ``async with AsyncClient(…)``.
+
+    ``url`` is one node's URL, or a list of them (see the module docstring for
+    what fails over to the next node and what does not).
+    """
 
     def __init__(
         self,
-        url: str,
+        url: str | Sequence[str],
         *,
         token: str | None = None,
         token_file: str | Path | None = None,
@@ -154,7 +239,8 @@ class AsyncClient:
         timeout: float = 30.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.url = url.rstrip("/")
+        self.urls = _node_urls(url)
+        self._node = 0
         token = _read_token(token, token_file)
         self._headers = {"Authorization": f"Bearer {token}"} if token else {}
         try:
@@ -191,25 +277,65 @@ class AsyncClient:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
+    # nodes
+
+    @property
+    def url(self) -> str:
+        """The node this client talks to now."""
+        return self.urls[self._node]
+
+    def _failed(self, url: str) -> None:
+        """``url`` failed: move to the next node (unless another request already did)."""
+        if len(self.urls) > 1 and self.urls[self._node] == url:
+            self._node = (self._node + 1) % len(self.urls)
+
     # requests
 
     async def _request(
         self, method: str, path: str, *, params: Mapping[str, str] | None = None,
         data: bytes | None = None, headers: Mapping[str, str] | None = None,
+        idempotent: bool | None = True,
     ) -> bytes:
-        try:
-            async with self._http().request(
-                method, self.url + path, params=params, data=data, headers=headers,
-                timeout=aiohttp.ClientTimeout(total=self._timeout),
-            ) as response:
-                body = await response.read()
-                if response.status >= 400:
-                    raise _error(response.status, body)
-                return body
-        except HeraldError:
-            raise
-        except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-            raise _transport_error(exc, self.url) from exc
+        """Send a request to the current node; on failure, to the next ones.
+
+        ``idempotent``: True if a repeat can do no harm, False if it could, None if
+        not known yet (an append: worked out from the body, only on failure).
+        """
+        last: HeraldError | None = None
+        for _ in range(len(self.urls)):
+            url = self.url
+            sent = False
+            try:
+                async with self._http().request(
+                    method, url + path, params=params, data=data, headers=headers,
+                    timeout=aiohttp.ClientTimeout(total=self._timeout),
+                ) as response:
+                    sent = True
+                    body = await response.read()
+                    if response.status >= 400:
+                        raise _error(response.status, body)
+                    return body
+            except HeraldError as exc:
+                error: HeraldError = exc
+            except aiohttp.ClientConnectorError as exc:
+                # The connection was never opened: the request cannot have arrived.
+                error = _transport_error(exc, url)
+                error.__cause__ = exc
+            except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
+                sent = True
+                error = _transport_error(exc, url)
+                error.__cause__ = exc
+            if not _unavailable(error):
+                raise error
+            self._failed(url)
+            last = error
+            if sent and error.code != "tls_error":
+                if idempotent is None:
+                    idempotent = data is not None and _all_ids(data)
+                if not idempotent:
+                    raise error  # it may have been applied: the caller decides
+        assert last is not None
+        raise last
 
     async def append(
         self, stream: str, events: Iterable[Mapping[str, Any]] | bytes, *,
@@ -219,8 +345,11 @@ class AsyncClient:
         optionally ``id`` and ``meta``, or the batch already encoded as JSON bytes."""
         body = events if isinstance(events, bytes) else _encoder.encode(list(events))
         params = {"expected_head": str(expected_head)} if expected_head is not None else None
+        # With expected_head an append cannot land twice; with ids on every event
+        # the dedup window makes a repeat harmless. Either makes it safe to retry.
         answer = await self._request("POST", _events_path(stream), params=params,
-                                     data=body, headers={"Content-Type": "application/json"})
+                                     data=body, headers={"Content-Type": "application/json"},
+                                     idempotent=True if expected_head is not None else None)
         return msgspec.json.decode(answer, type=AppendResult)
 
     async def read(self, stream: str, start: int = 0, limit: int = 1000) -> ReadResult:
@@ -376,20 +505,33 @@ class AsyncSubscription:
 
     async def _run(self) -> AsyncGenerator[list[Event], None]:
         delay = RECONNECT_INITIAL_SECONDS
+        failures = 0  # in a row, without an answer from any node
         while not self._closed:
+            url = self._client.url
             try:
-                async for batch in self._connection():
+                async for batch in self._connection(url):
                     delay = RECONNECT_INITIAL_SECONDS
+                    failures = 0
                     if batch:
                         yield batch
-                return  # the server ended the stream: caught up with follow=False
-            except TransportError:
+                if not self._follow:
+                    return  # the server ended the stream: caught up
+                # A followed stream never ends by itself: the node is going away.
+                raise TransportError(f"{url} ended the subscription",
+                                     code="connection_failed")
+            except HeraldError as exc:
                 if self._closed:
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, RECONNECT_MAX_SECONDS)
+                if not _unavailable(exc):
+                    raise
+                self._client._failed(url)
+                failures += 1
+                # Another node is tried at once; a pause only once every node failed.
+                if failures % len(self._client.urls) == 0:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, RECONNECT_MAX_SECONDS)
 
-    async def _connection(self) -> AsyncIterator[list[Event]]:
+    async def _connection(self, url: str) -> AsyncIterator[list[Event]]:
         client = self._client
         params = {"from": str(self._next), "follow": "true" if self._follow else "false"}
         if self._heartbeat is not None:
@@ -397,12 +539,16 @@ class AsyncSubscription:
         # TLS already guarantees integrity in transit and the server checked every CRC
         # before sending: checking again here would only cost time.
         decoder = codec.RecordDecoder(verify=False)
+        heartbeat = self._heartbeat or SERVER_HEARTBEAT_SECONDS
+        silence = aiohttp.ClientTimeout(
+            total=None, sock_connect=client._timeout,
+            sock_read=SILENCE_HEARTBEATS * heartbeat + SILENCE_GRACE_SECONDS)
         try:
             response = await client._http().get(
-                f"{client.url}/v1/streams/{self.stream}/events", params=params,
-                headers={"Accept": codec.MEDIA_TYPE})
+                f"{url}/v1/streams/{self.stream}/events", params=params,
+                headers={"Accept": codec.MEDIA_TYPE}, timeout=silence)
         except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-            raise _transport_error(exc, client.url) from exc
+            raise _transport_error(exc, url) from exc
         self._response = response
         try:
             if self._closed:  # closed while connecting
@@ -413,7 +559,7 @@ class AsyncSubscription:
                 try:
                     chunk = await response.content.readany()
                 except (TimeoutError, aiohttp.ClientError, ssl.SSLError, OSError) as exc:
-                    raise _transport_error(exc, client.url) from exc
+                    raise _transport_error(exc, url) from exc
                 if not chunk:
                     if decoder.pending:
                         raise TransportError("subscription ended inside a record",
@@ -458,7 +604,7 @@ class Client:
     """Herald over HTTPS, blocking. Runs an ``AsyncClient`` on a private event loop
     in a background thread, so both share one implementation."""
 
-    def __init__(self, url: str, **options: Any) -> None:
+    def __init__(self, url: str | Sequence[str], **options: Any) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="herald-client",
                                         daemon=True)
@@ -479,6 +625,15 @@ class Client:
 
     def read(self, stream: str, start: int = 0, limit: int = 1000) -> ReadResult:
         return self._run(self._async.read(stream, start, limit))
+
+    @property
+    def url(self) -> str:
+        """The node this client talks to now."""
+        return self._async.url
+
+    @property
+    def urls(self) -> list[str]:
+        return self._async.urls
 
     def streams(self) -> list[StreamInfo]:
         return self._run(self._async.streams())

@@ -198,8 +198,14 @@ class UserConfig:
 @dataclass(frozen=True)
 class StorageConfig:
     engine: str = "files"
+    # postgres: a libpq connection string or URI ("postgresql://user@host/db").
     dsn: str | None = None
     segment_bytes: int = 256 * 1024 * 1024
+    # postgres: the schema Herald's tables live in (created on start). Several
+    # Herald deployments can share one database under different schemas.
+    schema: str = "herald"
+    # postgres: connections per node. Each node needs one more for LISTEN.
+    pool_size: int = 10
 
     def __post_init__(self) -> None:
         # Checked here too (not only by the files engine) so a bad value is a

@@ -17,8 +17,10 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -46,10 +48,73 @@ def require_tool(name: str) -> str:
         [os.environ.get("PATH", ""), "/usr/sbin", "/sbin"]))
     if found:
         return found
-    message = f"{name} is not installed (`make system-tools` installs it)"
+    unavailable(f"{name} is not installed (`make system-tools` installs it)")
+
+
+def unavailable(message: str) -> NoReturn:
+    """Skip the test, or fail it under CI=true (where everything it needs is installed)."""
     if os.environ.get("CI") == "true":
         pytest.fail(message)
     pytest.skip(message)
+
+
+PAGE = 4096  # tmpfs counts space in pages
+
+
+@contextmanager
+def small_filesystem(path: Path, size: int, kind: str = "tmpfs",
+                     inodes: int | None = None) -> Iterator[Path]:
+    """A filesystem of ``size`` bytes of its own, mounted at ``path``: one a test can
+    fill up without touching anyone else's disk.
+
+    ``tmpfs`` (``inodes`` limits its files) or ``ext4`` (an image file on a loop
+    device, made with ``mkfs.ext4 -m 0``: no blocks reserved for root, who runs the
+    tests). Needs root: skipped without it, or failed under CI=true, where `make test`
+    runs as root.
+    """
+    if os.geteuid() != 0:
+        unavailable("mounting a small filesystem needs root")
+    path.mkdir(parents=True, exist_ok=True)
+    if kind == "tmpfs":
+        options = f"size={size}" + (f",nr_inodes={inodes}" if inodes else "")
+        command = ["mount", "-t", "tmpfs", "-o", options, "herald-test", str(path)]
+    elif kind == "ext4":
+        image = path.with_name(path.name + ".img")
+        with image.open("wb") as f:
+            f.truncate(size)
+        made = subprocess.run([require_tool("mkfs.ext4"), "-q", "-F", "-m", "0", str(image)],
+                              capture_output=True, text=True)
+        assert made.returncode == 0, made.stderr
+        command = ["mount", "-o", "loop", str(image), str(path)]
+    else:
+        raise AssertionError(kind)
+    mounted = subprocess.run(command, capture_output=True, text=True)
+    if mounted.returncode != 0:
+        unavailable(f"cannot mount a {kind}: {mounted.stderr.strip()}")
+    try:
+        yield path
+    finally:
+        # Lazily if something still holds it (a failed test's open file): the mount
+        # goes away as soon as that is closed, and the test's own error is reported.
+        if subprocess.run(["umount", str(path)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "--lazy", str(path)], check=True)
+
+
+def free_bytes(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def fill_up(path: Path, leave: int, name: str = "filler") -> Path:
+    """Fill the filesystem at ``path`` with a file, leaving ``leave`` bytes free."""
+    filler = path / name
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        os.posix_fallocate(fd, 0, free_bytes(path) - leave)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    return filler
 
 
 @dataclass

@@ -49,3 +49,30 @@ def test_configuration_example_is_the_defaults(tmp_path: Path) -> None:
     assert loaded.storage == defaults.storage
     assert loaded.limits == defaults.limits
     assert loaded.data == tmp_path / "herald-data"
+
+
+def _postgres_section() -> str:
+    text = (ROOT / "docs" / "operations.md").read_text()
+    return text[text.index("## PostgreSQL and high availability"):]
+
+
+def test_postgres_operations_examples(tmp_path: Path) -> None:
+    """The HA section's config loads as the postgres engine, and its client line builds a
+    client over both nodes (it connects lazily, so no node has to exist)."""
+    text = _postgres_section()
+    (toml,) = [b for k, b in BLOCK.findall(text) if k == "toml"]
+    path = tmp_path / "herald.toml"
+    path.write_text(toml)
+    config = load_config(path, environ={})
+    assert config.storage.engine == "postgres"
+    assert config.storage.dsn and config.storage.dsn.startswith("postgresql://")
+    (python,) = [b for k, b in BLOCK.findall(text) if k == "python"]
+    from herald.certs import create_ca
+
+    create_ca().write(tmp_path / "ca.pem", tmp_path / "ca.key")
+    (tmp_path / "admin-token").write_text("token\n")
+    check = python + "\nassert client.urls == ['https://herald-1:8443', 'https://herald-2:8443']" \
+                     "\nclient.close()\n"
+    result = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

@@ -142,17 +142,56 @@ class _Writer:
     idx_fd: int
     size: int
     since_index: int
+    idx_size: int = 0  # bytes of whole entries in the index file: where the next goes
     synced_size: int = 0  # the size at the last fsync: what a failed write undoes to
-    # entries for records written but not yet fsynced: an index entry must never
-    # point at a record a crash could take back
-    unsynced_index: list[bytes] = field(default_factory=list)
+    # (position, offset) entries not yet in the index file: those of records not yet
+    # fsynced (an index entry must never point at a record a crash could take back),
+    # and those whose index write failed (tried again at the next sync)
+    pending_index: list[tuple[int, int]] = field(default_factory=list)
+    index_failing: bool = False  # the last index write failed (logged once)
 
     def sync(self) -> None:
+        """Make every written record durable; then write their index entries.
+
+        Raises OSError if the records may not be durable (the caller undoes them).
+        An index write that fails does not: see ``write_index``.
+        """
         os.fdatasync(self.log_fd)
         self.synced_size = self.size
-        if self.unsynced_index:
-            os.write(self.idx_fd, b"".join(self.unsynced_index))
-            self.unsynced_index.clear()
+        self.write_index()
+
+    def write_index(self) -> None:
+        """Write the pending index entries, best effort.
+
+        Once the fsync returned, the records are durable and their appends will be
+        acknowledged. A failed index write (a full disk: the index file may need a new
+        block when the log did not) must not undo that: an index entry only shortens
+        the scan of a read, and recovery re-derives missing entries. The entries stay
+        pending for the next sync, and a partial entry is cut so that later entries
+        stay aligned. (Before this, an ENOSPC here failed appends whose records were
+        durable, and the next append reused their positions: two records with the
+        same position in the log.)
+        """
+        if not self.pending_index:
+            return
+        data = b"".join(_INDEX_ENTRY.pack(p, o) for p, o in self.pending_index)
+        try:
+            written = os.pwrite(self.idx_fd, data, self.idx_size)
+            if written != len(data):
+                raise OSError(errno.ENOSPC, "short write to the index")
+        except OSError as exc:
+            if not self.index_failing:
+                log.warning("cannot write the index of segment %s (%s); reads scan "
+                            "further until it is written", _segment_name(self.seg_base), exc)
+                self.index_failing = True
+            try:
+                os.ftruncate(self.idx_fd, self.idx_size)
+            except OSError:
+                pass  # the next write goes to idx_size anyway and covers the scrap
+            return
+        self.idx_size += len(data)
+        self.pending_index.clear()
+        self.index_failing = False
 
 
 @dataclass
@@ -172,6 +211,7 @@ class _Stream:
     damaged: CorruptRecord | None = None
     failed: HeraldError | None = None  # a write failed and could not be undone
     writer: _Writer | None = None
+    roll_due: bool = False  # the last segment is sealed: the next record starts a new one
 
     def notify(self) -> None:
         if self.changed is not None and not self.changed.done():
@@ -323,6 +363,9 @@ def _damage_step(fd: int, offset: int, size: int, reason: str) -> _ScanStep:
                 fd, size - declared_end, declared_end).strip(b"\0"):
             # Zeros after it: the writes that followed never reached the disk either.
             step.torn = True
+        else:
+            # The length itself may be what was damaged: look for the next record.
+            step.resync_offset = _next_record(fd, offset + 1, size)
         return step
     # A broken header. Zeros to the end of the file are an unwritten tail (a crash
     # after the size grew but before the data reached the disk): torn. So is the start
@@ -330,7 +373,53 @@ def _damage_step(fd: int, offset: int, size: int, reason: str) -> _ScanStep:
     if size - offset <= (1 << 20) and len(
             _pread_all(fd, size - offset, offset).rstrip(b"\0")) < HEADER_SIZE:
         step.torn = True
+    else:
+        step.resync_offset = _next_record(fd, offset + 1, size)
     return step
+
+
+@dataclass(frozen=True)
+class _Damaged:
+    """A damaged stretch of a segment, as reads, recovery and `herald check` all see it.
+
+    Positions ``first`` … ``last`` are unreadable; ``last`` is None when nothing valid
+    follows and the segment's end is unknown. ``resume_offset`` is where the next valid
+    record starts (holding ``last + 1``), if there is one.
+    """
+
+    first: int
+    last: int | None
+    reason: str
+    resume_offset: int | None = None
+    torn: bool = False
+
+
+def _classify(fd: int, at: int, position: int, step: _ScanStep, size: int,
+              end: int | None) -> _Damaged:
+    """What a scan found at ``at`` where the record holding ``position`` should be.
+
+    The damaged range ends where the next valid record begins: the positions between
+    are exactly those of the damaged record(s). A record found by searching must hold
+    later positions than the damage, or it is no anchor (a stray copy, say). Without
+    an anchor the range runs to ``end`` (the segment's end, when known).
+    """
+    unknown_last = end - 1 if end is not None and end > position else None
+    record = step.record
+    if record is not None:  # intact, but not the record that should be here
+        reason = f"record base {record.base}, expected {position}"
+        if record.base > position:  # positions are missing; this record is an anchor
+            return _Damaged(position, record.base - 1, reason, resume_offset=at)
+        return _Damaged(position, unknown_last, reason)
+    reason = step.damage_reason or "damaged record"
+    resume = step.resync_offset
+    if resume is not None:
+        try:
+            following = codec.decode_record_at(_read_record_bytes(fd, resume, size), 0)
+        except CorruptRecord:
+            following = None
+        if following is not None and following.base > position:
+            return _Damaged(position, following.base - 1, reason, resume_offset=resume)
+    return _Damaged(position, unknown_last, reason, torn=step.torn)
 
 
 def _read_record_bytes(fd: int, offset: int, size: int) -> bytes:
@@ -404,6 +493,10 @@ def _storage_error(exc: OSError, what: str) -> HeraldError:
     return ServerError(f"storage error ({what}): {exc.strerror or exc}", code="storage_error")
 
 
+class _UntrustedEntry(Exception):
+    """An index entry did not lead to the record it names (see _read_from_entry)."""
+
+
 # --- the engine ------------------------------------------------------------------
 
 
@@ -446,10 +539,17 @@ class FilesEngine(Engine):
             raise StorageUnavailable(
                 f"data directory {self.root} is in use by another Herald process"
             ) from exc
+        try:
+            for entry in sorted((self.root / "streams").iterdir()):
+                if entry.is_dir():
+                    self._streams[entry.name] = self._recover(entry.name, entry)
+        except OSError as exc:
+            os.close(lock_fd)  # the data directory is free again for another try
+            raise StorageUnavailable(f"cannot recover {self.root}: {exc}") from exc
+        except BaseException:
+            os.close(lock_fd)
+            raise
         self._lock_fd = lock_fd
-        for entry in sorted((self.root / "streams").iterdir()):
-            if entry.is_dir():
-                self._streams[entry.name] = self._recover(entry.name, entry)
 
     async def close(self) -> None:
         if self._committer is None:
@@ -500,7 +600,12 @@ class FilesEngine(Engine):
         return stream
 
     def _recover_tail(self, stream: _Stream, segment: _Segment) -> None:
-        """Scan the last segment from its last index entry; cut a torn tail."""
+        """Scan the last segment from its last index entry; cut a torn tail.
+
+        Damage with a valid record after it is stepped over (the stream then refuses
+        appends, and reads of the damaged range fail), so that the records after it
+        stay readable and the head stays where it was.
+        """
         if segment.index_pos:
             start_off = segment.index_off[-1]
             position = segment.index_pos[-1]
@@ -519,37 +624,44 @@ class FilesEngine(Engine):
             new_off: list[int] = []
             since = INDEX_INTERVAL_BYTES  # forces an entry at the scan start
             good_end = start_off
-            for offset, step in _scan(fd, start_off, segment.size):
-                if step.record is not None:
+            offset: int | None = start_off
+            while offset is not None:
+                from_offset, offset = offset, None
+                for at, step in _scan(fd, from_offset, segment.size):
                     record = step.record
-                    if record.base != position:
-                        step = _ScanStep(
-                            damage_offset=offset,
-                            damage_reason=f"record base {record.base}, expected {position}")
-                    else:
+                    if record is not None and record.base == position:
                         if since >= INDEX_INTERVAL_BYTES:
                             new_pos.append(record.base)
-                            new_off.append(offset)
+                            new_off.append(at)
                             since = 0
                         since += len(record.raw)
                         position = record.end
-                        good_end = offset + len(record.raw)
+                        good_end = at + len(record.raw)
                         continue
-                if step.torn:
-                    log.warning("stream %s: cut a torn tail of %d bytes at position %d (%s)",
-                                stream.name, segment.size - offset, position, step.damage_reason)
-                    os.ftruncate(fd, offset)
-                    os.fsync(fd)
-                    segment.size = offset
-                else:
-                    stream.damaged = CorruptRecord(
-                        f"stream {stream.name}: damaged record at position {position} in "
-                        f"{segment.path.name} ({step.damage_reason}); appends are refused "
-                        f"until `herald check --data DIR` is run and the damage dealt with",
-                        stream=stream.name, first=position)
-                    log.error("%s", stream.damaged.message)
-                    segment.size = good_end if step.torn else segment.size
-                break
+                    damaged = _classify(fd, at, position, step, segment.size, None)
+                    if damaged.torn:
+                        log.warning("stream %s: cut a torn tail of %d bytes at position %d "
+                                    "(%s)", stream.name, segment.size - at, position,
+                                    damaged.reason)
+                        os.ftruncate(fd, at)
+                        os.fsync(fd)
+                        segment.size = good_end = at
+                        break
+                    where = (f"positions {position}…{damaged.last}" if damaged.last is not None
+                             else f"position {position}")
+                    error = CorruptRecord(
+                        f"stream {stream.name}: damaged record at {where} in "
+                        f"{segment.path.name} ({damaged.reason}); appends are refused until "
+                        f"the damage is dealt with (see `herald check --data DIR`)",
+                        stream=stream.name, first=position, last=damaged.last)
+                    log.error("%s", error.message)
+                    if stream.damaged is None:
+                        stream.damaged = error
+                    if damaged.resume_offset is not None and damaged.last is not None:
+                        # The records after the damage are intact and stay readable.
+                        offset, position = damaged.resume_offset, damaged.last + 1
+                        since = INDEX_INTERVAL_BYTES  # an entry right after the damage
+                    break
             # Rewrite the index tail: keep entries before the scan start, add the rest.
             keep = bisect.bisect_left(segment.index_off, start_off)
             del segment.index_pos[keep:]
@@ -558,26 +670,35 @@ class FilesEngine(Engine):
             segment.index_off.extend(new_off)
             idx_bytes = b"".join(_INDEX_ENTRY.pack(p, o) for p, o in
                                  zip(segment.index_pos, segment.index_off, strict=True))
-            segment.path.with_suffix(".idx").write_bytes(idx_bytes)
+            try:
+                segment.path.with_suffix(".idx").write_bytes(idx_bytes)
+            except OSError as exc:
+                # A full disk must not keep Herald from starting: the entries are in
+                # memory, and the writer cuts a partial entry before adding more.
+                log.warning("stream %s: cannot rewrite the index of %s (%s); reads scan "
+                            "further until it is written", stream.name, segment.path.name, exc)
         finally:
             os.close(fd)
         segment.end = position
-        if stream.damaged is not None:
-            segment.size = good_end
+        # Bytes after the last intact record (garbage no crash could leave) are never
+        # read: readers see only up to it.
+        segment.size = good_end
 
     def _last_time(self, stream: _Stream) -> int:
         """The time of the last durable record (times never go backwards)."""
         for segment in reversed(stream.segments):
-            if segment.end == segment.base or not segment.index_off:
+            if segment.end == segment.base:
                 continue
             fd = os.open(segment.path, os.O_RDONLY)
             try:
                 last_time = 0
-                for _offset, step in _scan(fd, segment.index_off[-1], segment.size):
+                start = segment.index_off[-1] if segment.index_off else 0
+                for _offset, step in _scan(fd, start, segment.size):
                     if step.record is None:
                         break
-                    last_time = step.record.time_us
-                return last_time
+                    last_time = max(last_time, step.record.time_us)
+                if last_time:
+                    return last_time
             finally:
                 os.close(fd)
         return 0
@@ -611,6 +732,7 @@ class FilesEngine(Engine):
 
         # From here to the queueing there is no await: the checks, the positions and
         # the dedup window change together, as one step of the event loop.
+        original = batch
         supplied = batch.supplied_ids()
         duplicates: list[Duplicate] = []
         if supplied:
@@ -621,6 +743,11 @@ class FilesEngine(Engine):
                 last = max(d.position for d in duplicates)
                 while st.head <= last:
                     await self.wait(stream, last, 1.0)
+                    if any(window.get(d.id) != d.position for d in duplicates):
+                        # The first attempt failed (its ids left the window): this is
+                        # no retry of a durable append but a new one. (Waiting on would
+                        # have answered with positions that other events took since.)
+                        return await self.append(stream, original, expected_head)
                 return AppendResult(first=duplicates[0].position, head=last + 1, appended=0,
                                     duplicates=duplicates)
         if expected_head is not None and expected_head != st.next:
@@ -649,7 +776,15 @@ class FilesEngine(Engine):
             if st.window is not None:
                 return
             start = max(0, st.head - self.limits.dedup_window)
-            batches = await asyncio.to_thread(self._read_ids, st, start, st.head)
+            try:
+                batches = await asyncio.to_thread(self._read_ids, st, start, st.head)
+            except CorruptRecord as exc:
+                # A retry of an event in the damaged record could not be recognized:
+                # appending could duplicate it. Refused, saying why.
+                raise CorruptRecord(
+                    f"stream {st.name}: the dedup window cannot be rebuilt: {exc.message} "
+                    f"Appends are refused while the damage lies within the last "
+                    f"{self.limits.dedup_window} events.", **exc.details) from exc
             window = DedupWindow(self.limits.dedup_window)
             for first, end, ids in batches:
                 window.add(first, end, ids)
@@ -715,13 +850,16 @@ class FilesEngine(Engine):
             unsynced: list[_Written] = []
             try:
                 for pending in items:
+                    if st.writer is None:
+                        st.writer = self._open_writer(st, pending.base)
                     if self._needs_roll(st, len(pending.record)):
-                        self._roll(st, pending.base)  # fsyncs what came before
+                        self._seal(st)
+                        # Durable now, whatever happens to the new segment.
                         result.written += unsynced
                         unsynced = []
+                        st.writer = self._create_segment(st, pending.base)
                     unsynced.append(self._write_record(st, pending))
                 assert st.writer is not None
-                # The index itself is never fsynced: recovery re-derives what a crash lost.
                 st.writer.sync()
                 result.written += unsynced
             except OSError as exc:
@@ -733,25 +871,32 @@ class FilesEngine(Engine):
         return (writer is not None and writer.size > 0
                 and writer.size + size > self.config.segment_bytes)
 
-    def _roll(self, st: _Stream, base: int) -> None:
-        """Seal the active segment and start the next one at ``base``.
+    def _seal(self, st: _Stream) -> None:
+        """Make the active segment whole and durable, and close it: the next record
+        starts a new segment (``_create_segment``).
 
-        The sealed segment is made whole and durable before the next one exists, so a
-        crash from here on leaves every sealed segment complete.
+        The sealed segment is durable before the next one exists, so a crash from here
+        on leaves every sealed segment complete. Until the next segment has been
+        created, ``roll_due`` keeps the sealed one closed: were a record appended to it
+        after a failed creation (a full disk), a later segment would start at a
+        position inside it.
         """
         writer = st.writer
         assert writer is not None
         writer.sync()
+        if writer.pending_index:
+            log.warning("stream %s: segment %s sealed without %d index entries (the disk "
+                        "is full); reads scan further there", st.name,
+                        _segment_name(writer.seg_base), len(writer.pending_index))
+        st.writer = None
+        st.roll_due = True
         os.close(writer.log_fd)
         os.close(writer.idx_fd)
-        st.writer = None
-        st.writer = self._create_segment(st, base)
 
     def _write_record(self, st: _Stream, pending: _Pending) -> _Written:
         writer = st.writer
+        assert writer is not None
         record = pending.record
-        if writer is None:
-            writer = st.writer = self._open_writer(st, pending.base)
         offset = writer.size
         view = memoryview(record)
         done = 0
@@ -761,7 +906,7 @@ class FilesEngine(Engine):
         indexed = writer.since_index >= INDEX_INTERVAL_BYTES or offset == 0
         if indexed:
             writer.since_index = 0
-            writer.unsynced_index.append(_INDEX_ENTRY.pack(pending.base, offset))
+            writer.pending_index.append((pending.base, offset))
         writer.since_index += len(record)
         return _Written(seg_base=writer.seg_base, offset=offset, indexed=indexed)
 
@@ -770,20 +915,42 @@ class FilesEngine(Engine):
             st.dir.mkdir(parents=True, exist_ok=True)
             _fsync_dir(st.dir.parent)
             return self._create_segment(st, base)
+        if st.roll_due:
+            return self._create_segment(st, base)
         last = st.segments[-1]
         log_fd = os.open(last.path, os.O_WRONLY)
-        idx_fd = os.open(last.path.with_suffix(".idx"), os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                         0o644)
+        try:
+            idx_fd = os.open(last.path.with_suffix(".idx"), os.O_WRONLY | os.O_CREAT, 0o644)
+        except OSError:
+            os.close(log_fd)
+            raise
+        # A partial entry (an index write cut short) is overwritten by the next one.
+        idx_size = os.fstat(idx_fd).st_size
+        idx_size -= idx_size % _INDEX_ENTRY.size
         since = INDEX_INTERVAL_BYTES
         if last.index_off:
             since = last.size - last.index_off[-1]
-        return _Writer(last.base, log_fd, idx_fd, last.size, since, synced_size=last.size)
+        return _Writer(last.base, log_fd, idx_fd, last.size, since, idx_size=idx_size,
+                       synced_size=last.size)
 
     def _create_segment(self, st: _Stream, base: int) -> _Writer:
         path = st.dir / f"{_segment_name(base)}.log"
+        # O_TRUNC: a creation that failed half-way (a full disk) left at most empty
+        # files of this very name, which are taken over.
         log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        idx_fd = os.open(path.with_suffix(".idx"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        _fsync_dir(st.dir)
+        try:
+            idx_fd = os.open(path.with_suffix(".idx"),
+                             os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        except OSError:
+            os.close(log_fd)
+            raise
+        try:
+            _fsync_dir(st.dir)
+        except OSError:
+            os.close(log_fd)
+            os.close(idx_fd)
+            raise
+        st.roll_due = False
         return _Writer(base, log_fd, idx_fd, 0, INDEX_INTERVAL_BYTES)
 
     def _undo(self, st: _Stream, exc: OSError) -> HeraldError:
@@ -797,7 +964,9 @@ class FilesEngine(Engine):
             os.ftruncate(writer.log_fd, writer.synced_size)
             os.fsync(writer.log_fd)
             writer.size = writer.synced_size
-            writer.unsynced_index.clear()
+            # Keep the entries of durable records that could not be written yet.
+            writer.pending_index = [(p, o) for p, o in writer.pending_index
+                                    if o < writer.synced_size]
             writer.since_index = INDEX_INTERVAL_BYTES
         except OSError as undo_exc:
             log.error("stream %s: could not undo a failed write (%s); appends to it are "
@@ -855,6 +1024,7 @@ class FilesEngine(Engine):
         st.next = st.head
         if st.window is not None:
             st.window.forget_from(st.head)
+        st.notify()  # retries waiting for the failed appends learn it now (see append)
 
     # reads
 
@@ -928,44 +1098,76 @@ class FilesEngine(Engine):
         segment = self._segment_for(st, start)
         if segment is None:
             return []
-        i = bisect.bisect_right(segment.index_pos, start)
-        offset = segment.index_off[i - 1] if i else 0
-        position = segment.index_pos[i - 1] if i else segment.base
+        entry = bisect.bisect_right(segment.index_pos, start)
+        try:
+            fd = os.open(segment.path, os.O_RDONLY)
+            try:
+                while True:
+                    try:
+                        return self._read_from_entry(st, segment, fd, entry, start, max_bytes,
+                                                     stop)
+                    except _UntrustedEntry:
+                        entry -= 1
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise _storage_error(exc, f"reading stream {st.name}") from exc
+
+    def _read_from_entry(self, st: _Stream, segment: _Segment, fd: int, entry: int, start: int,
+                         max_bytes: int, stop: int) -> list[Record]:
+        """Scan from index entry ``entry`` (0: the segment's start) to ``start`` and read.
+
+        Every record is checked: its CRC, and that it holds the position that follows
+        the one before. Damage between the entry and ``start`` is stepped over when an
+        intact record follows it (the damaged positions lie before ``start``); damage
+        at or after ``start`` ends the read: the records before it are returned, or, if
+        there are none, CorruptRecord names the damaged range.
+        """
+        offset = segment.index_off[entry - 1] if entry else 0
+        position = segment.index_pos[entry - 1] if entry else segment.base
         size = segment.size  # durable bytes only
         out: list[Record] = []
         total = 0
-        fd = os.open(segment.path, os.O_RDONLY)
-        try:
-            for at, step in _scan(fd, offset, size, chunk=max(max_bytes, INDEX_INTERVAL_BYTES)):
+        chunk = max(max_bytes, INDEX_INTERVAL_BYTES)
+        at_entry = entry > 0  # the first record must be the one the entry names
+        scan_from: int | None = offset
+        while scan_from is not None:
+            steps, scan_from = _scan(fd, scan_from, size, chunk=chunk), None
+            for at, step in steps:
                 record = step.record
-                if record is None or record.base != position:
-                    if out:
-                        # The intact records before the damage are served; the next
-                        # read, from the damaged position, reports it.
-                        break
-                    raise self._damage_error(st, segment, at, position, start, step)
-                position = record.end
-                if record.end <= start:
+                if record is not None and record.base == position:
+                    at_entry = False
+                    position = record.end
+                    if record.end <= start:
+                        continue
+                    if record.base >= stop or (out and total + len(record.raw) > max_bytes):
+                        return out
+                    out.append(record)
+                    total += len(record.raw)
                     continue
-                if record.base >= stop or (out and total + len(record.raw) > max_bytes):
+                if out:
+                    # The intact records before the damage are served; the next read,
+                    # from the damaged position, reports it.
+                    return out
+                if at_entry:
+                    # The index is a hint and is never fsynced: an entry that does not
+                    # lead to the record it names is not evidence of damage.
+                    raise _UntrustedEntry
+                damaged = _classify(fd, at, position, step, size, segment.end)
+                if (damaged.resume_offset is not None and damaged.last is not None
+                        and damaged.last < start):
+                    scan_from, position = damaged.resume_offset, damaged.last + 1
                     break
-                out.append(record)
-                total += len(record.raw)
-        except OSError as exc:
-            raise _storage_error(exc, f"reading stream {st.name}") from exc
-        finally:
-            os.close(fd)
+                raise self._damage_error(st, segment, damaged)
         return out
 
     @staticmethod
-    def _damage_error(st: _Stream, segment: _Segment, offset: int, first: int, start: int,
-                      step: _ScanStep) -> CorruptRecord:
-        i = bisect.bisect_right(segment.index_off, offset)
-        last = segment.index_pos[i] - 1 if i < len(segment.index_pos) else segment.end - 1
-        reason = step.damage_reason or "record out of sequence"
+    def _damage_error(st: _Stream, segment: _Segment, damaged: _Damaged) -> CorruptRecord:
+        first = damaged.first
+        last = damaged.last if damaged.last is not None else max(first, segment.end - 1)
         return CorruptRecord(
-            f"stream {st.name}: positions {first}…{last} are damaged ({reason}); they "
-            f"are not served. Reads from position {last + 1} on still work.",
+            f"stream {st.name}: positions {first}…{last} are damaged ({damaged.reason}); "
+            f"they are not served. Reads from position {last + 1} on still work.",
             stream=st.name, first=first, last=last)
 
     # heads, waiting, listing
@@ -1091,8 +1293,8 @@ def check_data_dir(
             expected: int | None = None
             for i, path in enumerate(paths):
                 report.segments += 1
-                last_segment = i == len(paths) - 1
-                expected, checked = _check_segment(name, path, expected, last_segment, repair,
+                next_base = int(paths[i + 1].stem) if i + 1 < len(paths) else None
+                expected, checked = _check_segment(name, path, expected, next_base, repair,
                                                    report, step)
                 done += checked
                 step(0)
@@ -1103,9 +1305,11 @@ def check_data_dir(
 
 
 def _check_segment(
-    stream: str, path: Path, expected: int | None, last_segment: bool, repair: bool,
+    stream: str, path: Path, expected: int | None, next_base: int | None, repair: bool,
     report: CheckReport, progress: Callable[[int], object],
 ) -> tuple[int | None, int]:
+    """Check one segment; ``next_base`` is the next segment's first position (None for
+    the last segment, the only one that may end in a torn tail)."""
     base = int(path.stem)
     if expected is not None and base != expected:
         report.damage.append(Damage(stream, path.name, 0, expected, base - 1,
@@ -1117,10 +1321,10 @@ def _check_segment(
     record_at: dict[int, int] = {}
     fd = os.open(path, os.O_RDWR if repair else os.O_RDONLY)
     try:
-        offset = 0
-        while offset < size:
-            stopped = True
-            for at, step in _scan(fd, offset, size):
+        scan_from: int | None = 0
+        while scan_from is not None:
+            steps, scan_from = _scan(fd, scan_from, size), None
+            for at, step in steps:
                 record = step.record
                 if record is not None and record.base == position:
                     record_at[at] = record.base
@@ -1132,12 +1336,12 @@ def _check_segment(
                     report.events += record.count
                     report.bytes += len(record.raw)
                     position = record.end
-                    offset = at + len(record.raw)
-                    progress(offset)
+                    progress(at + len(record.raw))
                     continue
-                reason = step.damage_reason or f"record base {record.base if record else '?'}, " \
-                                               f"expected {position}"
-                if step.torn and last_segment:
+                # The same judgement as reads and recovery make: the damaged range ends
+                # where the next intact record begins.
+                damaged = _classify(fd, at, position, step, size, next_base)
+                if damaged.torn and next_base is None:
                     if repair:
                         os.ftruncate(fd, at)
                         os.fsync(fd)
@@ -1146,26 +1350,16 @@ def _check_segment(
                             f"{position} in {path.name}")
                         size = at
                     else:
-                        report.damage.append(Damage(stream, path.name, at, position, None,
-                                                    f"torn tail: {reason} (--repair cuts it)"))
-                    offset = size
+                        report.damage.append(Damage(
+                            stream, path.name, at, position, None,
+                            f"torn tail: {damaged.reason} (--repair cuts it)"))
                     break
-                resync = step.resync_offset
-                following = None
-                if resync is not None:
-                    following = codec.decode_record_at(_read_record_bytes(fd, resync, size), 0)
-                last = following.base - 1 if following is not None else None
-                report.damage.append(Damage(stream, path.name, at, position, last, reason))
-                if following is None or resync is None:
-                    offset = size
-                    break
-                position = following.base
-                offset = resync
-                stopped = False
-                break
-            else:
-                offset = size
-            if stopped:
+                report.damage.append(Damage(stream, path.name, at, position, damaged.last,
+                                            damaged.reason))
+                if damaged.resume_offset is not None and damaged.last is not None:
+                    scan_from, position = damaged.resume_offset, damaged.last + 1
+                elif next_base is not None:
+                    position = next_base  # reported up to the next segment: not twice
                 break
     finally:
         os.close(fd)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from .. import codec
 from ..codec import Record
 from ..engines.base import READ_CHUNK_BYTES, Engine
-from ..errors import NotFound
+from ..errors import CorruptRecord, NotFound
 from ..model import AppendResult, Limits, StreamInfo, now_us, validate_stream_name
 
 __all__ = ["Hub", "ReadPage", "HEARTBEAT_SECONDS"]
@@ -53,7 +53,14 @@ class Hub:
         records: list[Record] = []
         position = start
         while position < start + limit:
-            batch = await self.engine.read(stream, position)
+            try:
+                batch = await self.engine.read(stream, position)
+            except CorruptRecord:
+                if records:
+                    # Serve the intact events before the damage; the page's `next` is
+                    # the damaged position, and reading from there reports it.
+                    break
+                raise
             if not batch:
                 break
             records += batch

@@ -4,6 +4,7 @@ Routes::
 
     GET  /                                   the dashboard (HTTP Basic login, a [[user]])
     GET  /v1/health                          liveness, no credentials needed
+    GET  /v1/openapi.json                    this API as OpenAPI 3.1, no credentials needed
     GET  /v1/whoami                          the calling principal and its permissions
     GET  /v1/admin/principals                admin: every principal and user (no secrets)
     GET  /v1/streams                         [{name, head, bytes}] the caller may read
@@ -71,6 +72,7 @@ from ..hub import HEARTBEAT_SECONDS, Hub, render_json_page, render_sse
 from ..model import validate_position
 from .auth import Authenticator, Principal, ensure_admin_token
 from .dashboard import DASHBOARD_HEADERS, render_home
+from .openapi import openapi_document
 from .throttle import RateLimiter
 from .tls import MutualTLSContext, PyOpenSSLObject, client_certificate_of, server_context
 
@@ -100,7 +102,9 @@ USER = "herald.user"
 STREAMING = "herald.streaming"
 
 _json = msgspec.json.Encoder()
-_PUBLIC_PATHS = frozenset({"/v1/health"})
+# No credentials: liveness for load balancers, and the API's description (it says
+# nothing the documentation does not; tools fetch it before they have a token).
+_PUBLIC_PATHS = frozenset({"/v1/health", "/v1/openapi.json"})
 # The dashboard's paths log in with HTTP Basic; everything else is the API.
 _DASHBOARD_PATHS = frozenset({"/", "/favicon.ico"})
 _DASHBOARD_PREFIX = "/dashboard/"
@@ -259,17 +263,38 @@ async def _server_header(request: web.Request, response: web.StreamResponse) -> 
 # --- handlers ---------------------------------------------------------------------
 
 
+def _parameters(request: web.Request, *known: str) -> None:
+    """Refuse query parameters the route does not take. Ignoring them would turn a
+    misspelt ``expected_head`` into an unconditional append (found by the fuzzer)."""
+    for name in request.query:
+        if name not in known:
+            raise InvalidRequest(f"unknown query parameter {name!r}"
+                                 + (f"; this route takes {', '.join(known)}" if known else ""),
+                                 code="invalid_parameter", parameter=name)
+
+
 async def health(request: web.Request) -> web.Response:
+    _parameters(request)
     return _json_response({"status": "ok", "version": __version__})
 
 
+async def openapi(request: web.Request) -> web.Response:
+    _parameters(request)
+    return web.Response(body=_OPENAPI_JSON, content_type="application/json")
+
+
+_OPENAPI_JSON = _json.encode(openapi_document())
+
+
 async def list_streams(request: web.Request) -> web.Response:
+    _parameters(request)
     principal = _principal(request)
     streams = await request.app[HUB].streams()
     return _json_response({"streams": [s for s in streams if principal.may_subscribe(s.name)]})
 
 
 async def whoami(request: web.Request) -> web.Response:
+    _parameters(request)
     principal = _principal(request)
     return _json_response({
         "name": principal.name, "via": principal.via, "admin": principal.admin,
@@ -279,6 +304,7 @@ async def whoami(request: web.Request) -> web.Response:
 
 
 async def admin_principals(request: web.Request) -> web.Response:
+    _parameters(request)
     _principal(request).require_admin()
     auth = request.app[AUTH]
     return _json_response({
@@ -300,12 +326,14 @@ async def dashboard_home(request: web.Request) -> web.Response:
 
 
 async def get_stream(request: web.Request) -> web.Response:
+    _parameters(request)
     stream = request.match_info["stream"]
     _principal(request).require_subscribe(stream)
     return _json_response(await request.app[HUB].stream(stream))
 
 
 async def append_events(request: web.Request) -> web.Response:
+    _parameters(request, "expected_head")
     stream = request.match_info["stream"]
     _principal(request).require_publish(stream)
     expected_head = request.query.get("expected_head")
@@ -337,10 +365,18 @@ def _start(request: web.Request, hub_head: int) -> int:
 
 
 async def read_events(request: web.Request) -> web.StreamResponse:
+    _parameters(request, "from", "limit", "follow", "heartbeat")
     stream = request.match_info["stream"]
     _principal(request).require_subscribe(stream)
     hub = request.app[HUB]
     accept = request.headers.get("Accept", "")
+    # Every parameter is checked whatever the form that uses it: a wrong one is
+    # refused, not ignored.
+    follow, heartbeat = _follow(request), _heartbeat(request)
+    limit = validate_position(request.query.get("limit", "1000"), "limit")
+    if limit == 0 or limit > hub.limits.max_read_events:
+        raise InvalidRequest(f"limit must be 1 to {hub.limits.max_read_events}",
+                             code="invalid_parameter", parameter="limit")
     head = await hub.head(stream)
     if "text/event-stream" in accept:
         last_id = request.headers.get("Last-Event-ID")
@@ -348,14 +384,10 @@ async def read_events(request: web.Request) -> web.StreamResponse:
             start = validate_position(last_id, "Last-Event-ID") + 1
         else:
             start = _start(request, head)
-        return await _sse(request, hub, stream, start)
+        return await _sse(request, hub, stream, start, follow, heartbeat)
     start = _start(request, head)
     if codec.MEDIA_TYPE in accept:
-        return await _compact(request, hub, stream, start)
-    limit = validate_position(request.query.get("limit", "1000"), "limit")
-    if limit == 0 or limit > hub.limits.max_read_events:
-        raise InvalidRequest(f"limit must be 1 to {hub.limits.max_read_events}",
-                             code="invalid_parameter", parameter="limit")
+        return await _compact(request, hub, stream, start, follow, heartbeat)
     page = await hub.read(stream, start, limit)
     body = render_json_page(page.records, start, limit, page.head)
     return web.Response(body=body, content_type="application/json")
@@ -392,9 +424,8 @@ async def _end_live_streams(app: web.Application) -> None:
         task.cancel()
 
 
-async def _sse(request: web.Request, hub: Hub, stream: str, start: int) -> web.StreamResponse:
-    follow = _follow(request)
-    heartbeat = _heartbeat(request)
+async def _sse(request: web.Request, hub: Hub, stream: str, start: int, follow: bool,
+               heartbeat: float) -> web.StreamResponse:
     batches = await _primed(hub.follow(stream, start, follow=follow, heartbeat=heartbeat))
     response = await _stream_response(request, "text/event-stream")
     position = start
@@ -410,9 +441,8 @@ async def _sse(request: web.Request, hub: Hub, stream: str, start: int) -> web.S
     return response
 
 
-async def _compact(request: web.Request, hub: Hub, stream: str, start: int) -> web.StreamResponse:
-    follow = _follow(request)
-    heartbeat = _heartbeat(request)
+async def _compact(request: web.Request, hub: Hub, stream: str, start: int, follow: bool,
+                   heartbeat: float) -> web.StreamResponse:
     batches = await _primed(hub.follow(stream, start, follow=follow, heartbeat=heartbeat))
     response = await _stream_response(request, codec.MEDIA_TYPE)
     position = start
@@ -474,16 +504,19 @@ class _SkipRequest(msgspec.Struct, forbid_unknown_fields=True):
 
 
 async def list_gatherers(request: web.Request) -> web.Response:
+    _parameters(request)
     _require_admin(request)
     return _json_response({"gatherers": request.app[GATHER].statuses()})
 
 
 async def get_gatherer(request: web.Request) -> web.Response:
+    _parameters(request)
     _require_admin(request)
     return _json_response(request.app[GATHER].get(request.match_info["name"]).status())
 
 
 async def skip_row(request: web.Request) -> web.Response:
+    _parameters(request)
     principal = _require_admin(request)
     try:
         body = msgspec.json.decode(await request.read(), type=_SkipRequest)
@@ -521,6 +554,7 @@ def create_app(hub: Hub, auth: Authenticator,
     app.router.add_get("/", dashboard_home)
     app.router.add_get("/favicon.ico", dashboard_home)
     app.router.add_get("/v1/health", health)
+    app.router.add_get("/v1/openapi.json", openapi)
     app.router.add_get("/v1/whoami", whoami)
     app.router.add_get("/v1/admin/principals", admin_principals)
     app.router.add_get("/v1/streams", list_streams)
@@ -552,7 +586,9 @@ def _python() -> str:
 def _banner(config: Config, url: str, created: list[str], engine: Engine,
             redirect_url: str | None, gatherers: GatherManager) -> str:
     token = _display(config.admin_token_path)
-    lines = [f"Herald {__version__}: {engine.name} engine, data in {_display(config.data)}"]
+    # An engine that keeps its data elsewhere (postgres) says where, without secrets.
+    where = getattr(engine, "location", None) or f"data in {_display(config.data)}"
+    lines = [f"Herald {__version__}: {engine.name} engine, {where}"]
     if config.tls.cert is None:
         ca = _display(config.tls_dir / "ca.pem")
         lines += [

@@ -15,3 +15,5 @@ async def kit(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[E
         await made.setup()
     yield made
     await made.close_all()
+    if made.teardown is not None:
+        await made.teardown()

@@ -288,7 +288,7 @@ def test_a_flipped_byte_is_reported_and_never_served(
         error = caught.value
         assert (error.code, error.status) == ("corrupt_record", 500)
         first, last = error.details["first"], error.details["last"]
-        assert first == 50 and 59 <= last < 600, error.details
+        assert (first, last) == (50, 59), "the damaged record, as check names it"
         for inside in (55, 59, last):
             with pytest.raises(herald.CorruptRecord):
                 client.read("flipped", start=inside)

@@ -313,3 +313,14 @@ def test_bad_client_files_are_client_errors(server: ServerProcess, tmp_path: Pat
     with pytest.raises(herald.ClientError) as caught:
         herald.Client(server.url, token="t", ca=tmp_path / "missing-ca.pem")
     assert caught.value.code == "bad_tls_files"
+
+
+def test_a_subscription_with_the_wrong_ca_fails_instead_of_retrying(
+        server: ServerProcess, tmp_path: Path) -> None:
+    """A certificate the client does not trust is a setting to fix: the subscription
+    raises ``tls_error`` instead of reconnecting forever."""
+    create_ca().write(tmp_path / "other-ca.pem", tmp_path / "other-ca.key")
+    with (herald.Client(server.url, token=server.token, ca=tmp_path / "other-ca.pem") as client,
+          pytest.raises(herald.TransportError) as caught):
+        next(iter(client.subscribe("s")))
+    assert caught.value.code == "tls_error"

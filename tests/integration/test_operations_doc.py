@@ -31,7 +31,9 @@ DOC_PASSWORD = "correct horse battery staple"
 
 
 def blocks(lang: str) -> list[str]:
-    return [body for kind, body in BLOCK.findall(DOC.read_text()) if kind == lang]
+    """The examples of the security part of the page (the PostgreSQL part has its own)."""
+    text = DOC.read_text().split("## PostgreSQL and high availability")[0]
+    return [body for kind, body in BLOCK.findall(text) if kind == lang]
 
 
 def free_port() -> int:

@@ -19,7 +19,8 @@ What this proves, each time on real files in a temporary data directory:
   grow the file, EFBIG) fails the append and those queued behind it with
   ``storage_error``, leaves no trace in the log, and later appends reuse no position;
 * **mid-segment damage** makes reads of the damaged range fail with
-  ``CorruptRecord`` naming the position range, while later positions still read.
+  ``CorruptRecord`` naming the damaged record's positions (as ``herald check`` does),
+  while every other position still reads.
 """
 
 from __future__ import annotations
@@ -238,8 +239,15 @@ async def test_damage_with_records_after_it_is_never_cut(tmp_path: Path, field: 
     async with opened(tmp_path) as engine:
         with pytest.raises(CorruptRecord) as caught:
             await engine.append(STREAM, make_batch(10, 1))
-        assert caught.value.details["first"] == damaged
-        assert [e.data["n"] for e in await read_all(engine)] == list(range(damaged))
+        assert (caught.value.details["first"], caught.value.details["last"]) == (damaged, damaged)
+        # The records after the damage still count and read: the head did not move back.
+        assert await engine.head(STREAM) == 10
+        assert [r.base for r in await engine.read(STREAM, 0)] == list(range(damaged))
+        with pytest.raises(CorruptRecord) as caught:
+            await read_all(engine)
+        assert (caught.value.details["first"], caught.value.details["last"]) == (damaged, damaged)
+        assert [e.data["n"] for e in await read_all(engine, damaged + 1)] == list(
+            range(damaged + 1, 10))
     assert segment.read_bytes() == bytes(data), "nothing was cut"
     report = check_data_dir(tmp_path)
     assert [(d.first, d.last) for d in report.damage] == [(damaged, damaged)]
@@ -435,10 +443,13 @@ async def test_mid_segment_damage_names_the_range_and_later_positions_still_read
             with pytest.raises(CorruptRecord) as caught:
                 await read_all(engine, start)
             error = caught.value
-            assert (error.details["first"], error.details["last"]) == (30, indexed[2] - 1)
-            assert f"positions 30…{indexed[2] - 1}" in error.message
+            # exactly the damaged record's positions, as `herald check` reports them
+            assert (error.details["first"], error.details["last"]) == (30, 31)
+            assert "positions 30…31" in error.message
             assert error.code == "corrupt_record"
-        for start in (indexed[2], indexed[2] + 1, 119):
+        # right after the damaged record (before the next index entry: the read steps
+        # over the damage to the intact record that follows it), and further on
+        for start in (32, 33, indexed[2] - 1, indexed[2], indexed[2] + 1, 119):
             assert summary(await read_all(engine, start)) == before[start:]
         # the records before the damage are served up to it
         records = await engine.read(STREAM, 0, max_bytes=100)
