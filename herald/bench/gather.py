@@ -41,7 +41,7 @@ G2_WARM_SECONDS = 2.0
 _DATA_SQL = ("jsonb_build_object('order_id', 'ord-' || lpad(g::text, 12, '0'), "
              "'customer', 'cust-' || lpad((g %% 10007)::text, 8, '0'), "
              "'sku', 'SKU-' || lpad((g %% 997)::text, 6, '0'), 'quantity', g %% 7 + 1, "
-             "'price', 19.99, 'currency', 'EUR', 'note', repeat('x', 56))")
+             "'price', 19.99, 'currency', 'EUR', 'note', repeat('x', 89))")
 
 
 def _pg_url(admin: str, name: str) -> str:

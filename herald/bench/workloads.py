@@ -36,7 +36,7 @@ def make_event(i: int) -> dict[str, Any]:
             "quantity": i % 7 + 1,
             "price": 19.99,
             "currency": "EUR",
-            "note": "x" * 56,
+            "note": "x" * 89,  # brings the event to 250 bytes of JSON
         },
     }
 
