@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import inspect
 import multiprocessing
 import os
 import shutil
@@ -59,9 +58,12 @@ from .workloads import (
     W4_BATCH,
     W4_RATE,
     W4_SECONDS,
+    in_process,
+    in_processes,
     make_event,
     run_in_process,
     run_parallel,
+    w4_batch,
 )
 
 __all__ = ["run_peers", "SYSTEMS", "Settings"]
@@ -143,43 +145,6 @@ class Settings:
     redis_url: str = DEFAULT_REDIS_URL
     postgres_dsn: str = DEFAULT_POSTGRES_DSN
     tag: str = field(default_factory=lambda: f"{os.getpid()}_{int(time.time() * 1000) % 10**9}")
-
-
-# --- running a workload in its own process -----------------------------------------
-
-
-def _call(func: Callable[..., Any], args: tuple[Any, ...]) -> dict[str, float]:
-    result = func(*args)
-    if inspect.iscoroutine(result):
-        result = asyncio.run(result)
-    return dict(result)
-
-
-def _child(queue: Any, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
-    try:
-        queue.put(("ok", _call(func, args)))
-    except BaseException as exc:  # report, don't hang the parent
-        queue.put(("error", f"{type(exc).__name__}: {exc}"))
-
-
-def in_processes(copies: int, func: Callable[..., Any], *args: Any) -> list[dict[str, float]]:
-    """Run ``func(*args)`` (sync or async) in ``copies`` fresh processes at once."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    processes = [ctx.Process(target=_child, args=(queue, func, args)) for _ in range(copies)]
-    for p in processes:
-        p.start()
-    results = [queue.get() for _ in processes]
-    for p in processes:
-        p.join()
-    errors = [v for s, v in results if s != "ok"]
-    if errors:
-        raise RuntimeError(f"{getattr(func, '__name__', func)} failed: {errors[0]}")
-    return [v for _, v in results]
-
-
-def in_process(func: Callable[..., Any], *args: Any) -> dict[str, float]:
-    return in_processes(1, func, *args)[0]
 
 
 # --- what every client does the same way ---------------------------------------------
@@ -271,14 +236,11 @@ class _Latency:
             delay = start + n / W4_RATE - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            batch = []
             now = time.perf_counter()
-            for _ in range(W4_BATCH):
-                event = make_event(n)
-                event["data"]["n"] = n
-                self.sent_at[n] = now
-                batch.append(event)
-                n += 1
+            batch = w4_batch(n)
+            for i in range(n, n + W4_BATCH):
+                self.sent_at[i] = now
+            n += W4_BATCH
             task = asyncio.ensure_future(send(batch))
             in_flight.add(task)
             task.add_done_callback(in_flight.discard)
@@ -761,12 +723,8 @@ def file_w4(path: str, seconds: float = W4_SECONDS) -> dict[str, float]:
             if delay > 0:
                 time.sleep(delay)
             sent = time.perf_counter()
-            batch = []
-            for _ in range(W4_BATCH):
-                event = make_event(n)
-                event["data"]["n"] = n
-                batch.append(event)
-                n += 1
+            batch = w4_batch(n)
+            n += W4_BATCH
             body = _encoder.encode(batch)
             os.writev(fd, [FRAME.pack(len(body), zlib.crc32(body)), body])
             os.fdatasync(fd)
@@ -901,12 +859,8 @@ def tls_w4(port: int, ca: str, seconds: float = W4_SECONDS) -> dict[str, float]:
             if delay > 0:
                 time.sleep(delay)
             sent = time.perf_counter()
-            batch = []
-            for _ in range(W4_BATCH):
-                event = make_event(n)
-                event["data"]["n"] = n
-                batch.append(event)
-                n += 1
+            batch = w4_batch(n)
+            n += W4_BATCH
             body = _encoder.encode(batch)
             sock.sendall(struct.pack("<I", len(body)) + body)
             echo = bytearray(4 + len(body))

@@ -11,8 +11,10 @@ Every event is ~250 bytes of JSON (``make_event``).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import multiprocessing
 import time
+from collections.abc import Callable
 from typing import Any
 
 from ..client import AsyncClient
@@ -39,6 +41,17 @@ def make_event(i: int) -> dict[str, Any]:
             "note": "x" * 89,  # brings the event to 250 bytes of JSON
         },
     }
+
+
+def w4_batch(first: int) -> list[dict[str, Any]]:
+    """W4's batch of events ``first`` … ``first + W4_BATCH - 1``, each carrying its
+    number in ``data.n`` so that the receiver can look up when it was sent."""
+    batch = []
+    for n in range(first, first + W4_BATCH):
+        event = make_event(n)
+        event["data"]["n"] = n
+        batch.append(event)
+    return batch
 
 
 def _client(url: str, token: str, ca: str) -> AsyncClient:
@@ -127,14 +140,11 @@ async def _w4(url: str, token: str, ca: str, stream: str,
             delay = target - time.perf_counter()
             if delay > 0:
                 await asyncio.sleep(delay)
-            batch = []
             now = time.perf_counter()
-            for _ in range(W4_BATCH):
-                event = make_event(n)
-                event["data"]["n"] = n
-                sent_at[n] = now
-                batch.append(event)
-                n += 1
+            batch = w4_batch(n)
+            for i in range(n, n + W4_BATCH):
+                sent_at[i] = now
+            n += W4_BATCH
             # Appends are not awaited one by one: the rate is the producer's, as it
             # would be for independent requests.
             t = asyncio.create_task(producer.append(stream, encoder.encode(batch)))
@@ -153,38 +163,29 @@ async def _w4(url: str, token: str, ca: str, stream: str,
     }
 
 
-def _run(name: str, *args: Any) -> dict[str, float]:
-    func: Any = {"W1": _w1, "W2": _w2, "W4": _w4}[name]
-    result: dict[str, float] = asyncio.run(func(*args))
-    return result
+_WORKLOADS: dict[str, Callable[..., Any]] = {"W1": _w1, "W2": _w2, "W4": _w4}
 
 
-def _child(queue: Any, name: str, args: tuple[Any, ...]) -> None:
+def _call(func: Callable[..., Any], args: tuple[Any, ...]) -> dict[str, float]:
+    result = func(*args)
+    if inspect.iscoroutine(result):
+        result = asyncio.run(result)
+    return dict(result)
+
+
+def _child(queue: Any, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
     try:
-        queue.put(("ok", _run(name, *args)))
+        queue.put(("ok", _call(func, args)))
     except BaseException as exc:  # report, don't hang the parent
-        queue.put(("error", repr(exc)))
+        queue.put(("error", f"{type(exc).__name__}: {exc}"))
 
 
-def run_in_process(name: str, *args: Any) -> dict[str, float]:
-    """Run a workload in a fresh process (its own interpreter and event loop)."""
+def in_processes(copies: int, func: Callable[..., Any], *args: Any) -> list[dict[str, float]]:
+    """Run ``func(*args)`` (sync or async) in ``copies`` fresh processes at once, each
+    with its own interpreter and event loop."""
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
-    process = ctx.Process(target=_child, args=(queue, name, args))
-    process.start()
-    status, value = queue.get()
-    process.join()
-    if status != "ok":
-        raise RuntimeError(f"{name} failed: {value}")
-    result: dict[str, float] = value
-    return result
-
-
-def run_parallel(name: str, copies: int, *args: Any) -> list[dict[str, float]]:
-    """``copies`` processes running the same workload at once."""
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    processes = [ctx.Process(target=_child, args=(queue, name, args)) for _ in range(copies)]
+    processes = [ctx.Process(target=_child, args=(queue, func, args)) for _ in range(copies)]
     for p in processes:
         p.start()
     results = [queue.get() for _ in processes]
@@ -192,5 +193,19 @@ def run_parallel(name: str, copies: int, *args: Any) -> list[dict[str, float]]:
         p.join()
     errors = [v for s, v in results if s != "ok"]
     if errors:
-        raise RuntimeError(f"{name} failed: {errors[0]}")
+        raise RuntimeError(f"{getattr(func, '__name__', func)} failed: {errors[0]}")
     return [v for _, v in results]
+
+
+def in_process(func: Callable[..., Any], *args: Any) -> dict[str, float]:
+    return in_processes(1, func, *args)[0]
+
+
+def run_in_process(name: str, *args: Any) -> dict[str, float]:
+    """Run a workload (W1, W2, W4) in a fresh process."""
+    return in_process(_WORKLOADS[name], *args)
+
+
+def run_parallel(name: str, copies: int, *args: Any) -> list[dict[str, float]]:
+    """``copies`` processes running the same workload at once."""
+    return in_processes(copies, _WORKLOADS[name], *args)

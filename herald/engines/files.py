@@ -65,7 +65,7 @@ from ..model import (
     now_us,
     validate_stream_name,
 )
-from .base import READ_CHUNK_BYTES, Engine
+from .base import READ_CHUNK_BYTES, Engine, records_from
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -1039,7 +1039,7 @@ class FilesEngine(Engine):
             return []
         # Live subscribers: the recent records are in memory.
         if st.tail and st.tail[0].base <= start:
-            return self._from_tail(st, start, max_bytes)
+            return records_from(st.tail, start, max_bytes)
         segment = self._segment_for(st, start)
         if segment is None:
             return []
@@ -1047,27 +1047,6 @@ class FilesEngine(Engine):
         if span <= INLINE_READ_BYTES:
             return self._read_sync(st, start, max_bytes, st.head)
         return await asyncio.to_thread(self._read_sync, st, start, max_bytes, st.head)
-
-    @staticmethod
-    def _from_tail(st: _Stream, start: int, max_bytes: int) -> list[Record]:
-        tail = st.tail
-        # records are in position order; find the one holding `start`
-        lo, hi = 0, len(tail)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if tail[mid].end <= start:
-                lo = mid + 1
-            else:
-                hi = mid
-        out: list[Record] = []
-        total = 0
-        for i in range(lo, len(tail)):
-            record = tail[i]
-            if out and total + len(record.raw) > max_bytes:
-                break
-            out.append(record)
-            total += len(record.raw)
-        return out
 
     @staticmethod
     def _segment_for(st: _Stream, position: int) -> _Segment | None:

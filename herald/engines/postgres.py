@@ -86,7 +86,7 @@ from ..model import (
     now_us,
     validate_stream_name,
 )
-from .base import READ_CHUNK_BYTES, Engine
+from .base import READ_CHUNK_BYTES, Engine, records_from
 from .dedup import DedupWindow, deduplicate
 
 try:
@@ -353,22 +353,7 @@ class _Stream:
         tail = self.tail
         if not tail or tail[0].base > start or tail[-1].end <= start:
             return None
-        lo, hi = 0, len(tail)
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if tail[mid].end <= start:
-                lo = mid + 1
-            else:
-                hi = mid
-        out: list[Record] = []
-        total = 0
-        for i in range(lo, len(tail)):
-            record = tail[i]
-            if out and total + len(record.raw) > max_bytes:
-                break
-            out.append(record)
-            total += len(record.raw)
-        return out
+        return records_from(tail, start, max_bytes)
 
 
 # --- the engine ------------------------------------------------------------------
