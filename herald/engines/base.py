@@ -104,6 +104,11 @@ class Engine(abc.ABC):
     async def set_checkpoint(self, name: str, value: int) -> None:
         """Store ``value`` under ``name`` durably."""
 
+    async def ping(self) -> None:
+        """Raise StorageUnavailable if the storage cannot serve requests now (the
+        health check). An embedded engine that is open can: the default passes."""
+        return None
+
     async def __aenter__(self) -> Engine:
         await self.open()
         return self

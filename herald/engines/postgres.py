@@ -570,6 +570,12 @@ class PostgresEngine(Engine):
 
     # appends
 
+    async def ping(self) -> None:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute("SELECT 1")
+
+        await self._retrying("health check", run)
+
     def _stream(self, name: str) -> _Stream:
         st = self._streams.get(name)
         if st is None:

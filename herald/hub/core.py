@@ -94,6 +94,9 @@ class Hub:
     async def streams(self) -> list[StreamInfo]:
         return await self.engine.streams()
 
+    async def ping(self) -> None:
+        await self.engine.ping()
+
     async def stream(self, stream: str) -> StreamInfo:
         info = await self.engine.stream(validate_stream_name(stream))
         if info is None:

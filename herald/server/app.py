@@ -3,7 +3,7 @@
 Routes::
 
     GET  /                                   the dashboard (HTTP Basic login, a [[user]])
-    GET  /v1/health                          liveness, no credentials needed
+    GET  /v1/health                          up, and the storage answers; no credentials
     GET  /v1/openapi.json                    this API as OpenAPI 3.1, no credentials needed
     GET  /v1/whoami                          the calling principal and its permissions
     GET  /v1/admin/principals                admin: every principal and user (no secrets)
@@ -275,7 +275,9 @@ def _parameters(request: web.Request, *known: str) -> None:
 
 async def health(request: web.Request) -> web.Response:
     _parameters(request)
-    return _json_response({"status": "ok", "version": __version__})
+    hub = request.app[HUB]
+    await hub.ping()  # 503 storage_unavailable when the storage cannot serve
+    return _json_response({"status": "ok", "version": __version__, "engine": hub.engine.name})
 
 
 async def openapi(request: web.Request) -> web.Response:

@@ -254,9 +254,11 @@ _SCHEMAS: dict[str, Any] = {
                        "gatherer": {"$ref": "#/components/schemas/GathererStatus"}},
     },
     "Health": {
-        "type": "object", "required": ["status", "version"], "additionalProperties": False,
-        "properties": {"status": {"const": "ok"}, "version": {"type": "string"}},
-        "example": {"status": "ok", "version": "0.1.0"},
+        "type": "object", "required": ["status", "version", "engine"],
+        "additionalProperties": False,
+        "properties": {"status": {"const": "ok"}, "version": {"type": "string"},
+                       "engine": {"type": "string"}},
+        "example": {"status": "ok", "version": "0.1.0", "engine": "files"},
     },
 }
 
@@ -299,10 +301,11 @@ def _paths() -> dict[str, Any]:
                                         429: ["login_backoff"]}),
         }},
         "/v1/health": {"get": {
-            "operationId": "health", "summary": "Liveness, for load balancers",
+            "operationId": "health",
+            "summary": "Up, and the storage answers: for load balancers",
             "security": _NO_CREDENTIALS,
-            "responses": {"200": _ok("alive", {"$ref": "#/components/schemas/Health"}),
-                          **_errors(_ANY, _V1)}}},
+            "responses": {"200": _ok("serving", {"$ref": "#/components/schemas/Health"}),
+                          **_errors(_ANY, _V1, {503: ["storage_unavailable"]})}}},
         "/v1/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This description",
             "security": _NO_CREDENTIALS,

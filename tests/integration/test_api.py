@@ -272,7 +272,7 @@ async def test_stream_listing_and_stream_info(api: Api) -> None:
 async def test_health_needs_no_credentials(api: Api) -> None:
     reply = await api.request("GET", "/v1/health", token=None)
     assert reply.status == 200
-    assert reply.json() == {"status": "ok", "version": herald.__version__}
+    assert reply.json() == {"status": "ok", "version": herald.__version__, "engine": "files"}
 
 
 @pytest.mark.parametrize(("method", "path"), [

@@ -271,7 +271,7 @@ async def test_losing_the_database_is_a_503_and_the_node_recovers(
         await asyncio.wait_for(waiter, 30.0)
     # (records already read stay readable from the node's cache: they never change)
     for operation in (a.append("outage", batch(ev(1))), a.read("outage", 1),
-                      a.head("outage"), a.streams()):
+                      a.head("outage"), a.streams(), a.ping()):
         with pytest.raises(StorageUnavailable) as caught:
             await operation
         assert caught.value.status == 503
@@ -286,6 +286,7 @@ async def test_losing_the_database_is_a_503_and_the_node_recovers(
             break
         except StorageUnavailable:
             assert asyncio.get_running_loop().time() < deadline, "the node did not recover"
+    await a.ping()  # the health check passes again
     result = await a.append("outage", batch(ev(1)))
     assert result.first == 1
     assert [e.data["n"] for e in await read_all(a, "outage")] == [0, 1]

@@ -281,3 +281,51 @@ async def test_a_node_that_loses_the_database_sends_its_clients_elsewhere(
         for node in (cut, direct):
             await asyncio.to_thread(node.stop)
         drop_schema(schema)
+
+
+def _health(node: ServerProcess) -> tuple[int, dict[str, object]]:
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=node.ca)
+    try:
+        with urllib.request.urlopen(node.url + "/v1/health", context=context,
+                                    timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+async def test_health_says_503_while_the_node_cannot_reach_its_database(
+    server_factory: type[ServerProcess], tmp_path: Path,
+) -> None:
+    """A load balancer's health check takes a node that lost its database out of
+    rotation, and puts it back once the database answers again."""
+    dsn = require_postgres()
+    params = conninfo_to_dict(dsn)
+    proxy = await TcpProxy(str(params.get("host") or "127.0.0.1"),
+                           int(params.get("port") or 5432)).start()
+    schema = new_schema()
+    config = tmp_path / "herald.toml"
+    config.write_text(f'[storage]\nengine = "postgres"\ndsn = "{proxy.dsn(dsn)}"\n'
+                      f'schema = "{schema}"\npool_size = 2\n')
+    node = server_factory(data=tmp_path / "data", args=["--config", str(config)])
+    await asyncio.to_thread(node.start)
+    try:
+        assert await asyncio.to_thread(_health, node) == (
+            200, {"status": "ok", "version": herald.__version__, "engine": "postgres"})
+        await proxy.cut()
+        status, body = await asyncio.to_thread(_health, node)
+        assert status == 503
+        assert body["error"]["code"] == "storage_unavailable"  # type: ignore[index]
+        await proxy.restore()
+        deadline = time.monotonic() + 30
+        while (await asyncio.to_thread(_health, node))[0] != 200:
+            assert time.monotonic() < deadline, "health did not come back"
+            await asyncio.sleep(0.5)
+    finally:
+        await asyncio.to_thread(node.stop)
+        await proxy.cut()
+        drop_schema(schema)
