@@ -18,33 +18,16 @@ The conformance suite in ``tests/conformance`` runs unchanged against every engi
 from __future__ import annotations
 
 import abc
-import bisect
-from collections.abc import Sequence
 
 from ..codec import Record
 from ..model import AppendResult, Batch, StreamInfo
 
-__all__ = ["Engine", "READ_CHUNK_BYTES", "records_from"]
+__all__ = ["Engine", "READ_CHUNK_BYTES"]
 
 # What one read returns at most (beyond the first record, which is always whole).
 # Large enough that a catch-up reader pays one call per megabyte, small enough that
 # a hundred subscribers do not pin a hundred large buffers.
 READ_CHUNK_BYTES = 1024 * 1024
-
-
-def records_from(records: Sequence[Record], start: int, max_bytes: int) -> list[Record]:
-    """The records of ``records`` (in position order) from the one holding ``start``
-    on, up to ``max_bytes`` of them (the first is always whole)."""
-    first = bisect.bisect_right(records, start, key=lambda r: r.end)  # first with end > start
-    out: list[Record] = []
-    total = 0
-    for i in range(first, len(records)):  # by index: ``records`` may be a deque
-        record = records[i]
-        if out and total + len(record.raw) > max_bytes:
-            break
-        out.append(record)
-        total += len(record.raw)
-    return out
 
 
 class Engine(abc.ABC):

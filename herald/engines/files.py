@@ -36,7 +36,6 @@ import os
 import re
 import struct
 from array import array
-from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,7 +64,8 @@ from ..model import (
     now_us,
     validate_stream_name,
 )
-from .base import READ_CHUNK_BYTES, Engine, records_from
+from .base import READ_CHUNK_BYTES, Engine
+from .tail import TailCache
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -82,8 +82,6 @@ DEFAULT_SEGMENT_BYTES = 256 * 1024 * 1024
 # index.interval.bytes): a read from any position scans at most this much plus the
 # one batch holding the position.
 INDEX_INTERVAL_BYTES = 4096
-# Recent records kept in memory per stream so live subscribers never touch the disk.
-TAIL_CACHE_BYTES = 1024 * 1024
 # Reads at most this large run on the event loop: a pread from the page cache of
 # this size costs microseconds, less than a hop to a thread.
 INLINE_READ_BYTES = 64 * 1024
@@ -203,8 +201,6 @@ class _Stream:
     next: int = 0  # head counting accepted, not yet durable appends
     last_time: int = 0
     bytes: int = 0
-    tail: deque[Record] = field(default_factory=deque)
-    tail_bytes: int = 0
     window: DedupWindow | None = None
     window_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     changed: asyncio.Future[None] | None = None
@@ -508,6 +504,7 @@ class FilesEngine(Engine):
         self.limits = limits or Limits()
         self.root = Path(config.data_dir)
         self._streams: dict[str, _Stream] = {}
+        self._tail = TailCache()  # recent records, so live readers skip the disk
         self._queue: list[_Pending] = []
         self._wakeup: asyncio.Event | None = None
         self._committer: asyncio.Task[None] | None = None
@@ -999,10 +996,8 @@ class FilesEngine(Engine):
             segment.end = pending.base + pending.count
             st.head = segment.end
             st.bytes += size
-            st.tail.append(Record(pending.base, pending.count, pending.time_us, pending.record))
-            st.tail_bytes += size
-            while st.tail_bytes > TAIL_CACHE_BYTES and len(st.tail) > 1:
-                st.tail_bytes -= len(st.tail.popleft().raw)
+            self._tail.extend(st.name, [Record(pending.base, pending.count, pending.time_us,
+                                               pending.record)])
             if not pending.future.done():
                 pending.future.set_result(None)
         for name, result in outcome.items():
@@ -1038,8 +1033,9 @@ class FilesEngine(Engine):
         if start >= st.head:
             return []
         # Live subscribers: the recent records are in memory.
-        if st.tail and st.tail[0].base <= start:
-            return records_from(st.tail, start, max_bytes)
+        cached = self._tail.get(stream, start, max_bytes)
+        if cached is not None:
+            return cached
         segment = self._segment_for(st, start)
         if segment is None:
             return []

@@ -60,7 +60,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -86,8 +85,9 @@ from ..model import (
     now_us,
     validate_stream_name,
 )
-from .base import READ_CHUNK_BYTES, Engine, records_from
+from .base import READ_CHUNK_BYTES, Engine
 from .dedup import DedupWindow, deduplicate
+from .tail import TailCache
 
 try:
     import psycopg
@@ -148,9 +148,6 @@ LISTEN_RECONNECT_MAX_SECONDS = 5.0
 # is held and the memory of one statement; a queue larger than this is written by
 # several transactions, back to back.
 MAX_GROUP_BYTES = 8 * 1024 * 1024
-# Recent records kept in memory per stream (appended here or read by a live
-# subscriber), so that many subscribers of one stream on one node cost one query.
-TAIL_CACHE_BYTES = 1024 * 1024
 # Rows one read selects at most. With tiny batches a read of READ_CHUNK_BYTES
 # could otherwise visit thousands of rows; the caller simply reads again.
 MAX_READ_ROWS = 1000
@@ -307,8 +304,6 @@ class _Pending:
 class _Stream:
     name: str
     head: int = 0  # the highest durable head this node has seen
-    tail: deque[Record] = field(default_factory=deque)  # contiguous, committed
-    tail_bytes: int = 0
     changed: asyncio.Future[None] | None = None
     waiters: int = 0
     alarms: int = 0  # times the node feared for its database (see _wake_all)
@@ -328,33 +323,6 @@ class _Stream:
             self.changed.set_result(None)
         self.changed = None
 
-    def cache(self, records: list[Record]) -> None:
-        """Keep committed records in the tail cache if they continue it (or are
-        newer than all of it); the cache stays one contiguous run."""
-        if not records:
-            return
-        tail = self.tail
-        if tail and records[0].base < tail[-1].end:
-            skip = tail[-1].end
-            records = [r for r in records if r.base >= skip]
-            if not records:
-                return
-        if tail and records[0].base != tail[-1].end:
-            tail.clear()
-            self.tail_bytes = 0
-        for record in records:
-            tail.append(record)
-            self.tail_bytes += len(record.raw)
-        while self.tail_bytes > TAIL_CACHE_BYTES and len(tail) > 1:
-            self.tail_bytes -= len(tail.popleft().raw)
-        self.avg_record = (self.avg_record * 3 + len(records[-1].raw)) // 4 or 1
-
-    def from_tail(self, start: int, max_bytes: int) -> list[Record] | None:
-        tail = self.tail
-        if not tail or tail[0].base > start or tail[-1].end <= start:
-            return None
-        return records_from(tail, start, max_bytes)
-
 
 # --- the engine ------------------------------------------------------------------
 
@@ -367,6 +335,7 @@ class PostgresEngine(Engine):
         self.limits = limits or Limits()
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
         self._streams: dict[str, _Stream] = {}
+        self._tail = TailCache()  # recent records, so live readers cost no query
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._listening = False
@@ -451,6 +420,7 @@ class PostgresEngine(Engine):
         for st in self._streams.values():
             st.wake()  # waiters return: they re-check and find the engine closing
         self._streams.clear()
+        self._tail = TailCache()
 
     @staticmethod
     async def _why_not(conninfo: str) -> str:
@@ -741,10 +711,15 @@ class PostgresEngine(Engine):
                                          last_time, stream_id))
         return outcomes, (position, records)
 
+    def _cache(self, st: _Stream, records: list[Record]) -> None:
+        if records:
+            self._tail.extend(st.name, records)
+            st.avg_record = (st.avg_record * 3 + len(records[-1].raw)) // 4 or 1
+
     def _published(self, st: _Stream, head: int, records: list[Record]) -> None:
         """After COMMIT: local readers and waiters see the new records at once, and
         the other nodes hear of the new head soon."""
-        st.cache(records)
+        self._cache(st, records)
         st.advance(head)
         self._unannounced[st.name] = max(head, self._unannounced.get(st.name, 0))
         self._announcing.set()
@@ -791,7 +766,7 @@ class PostgresEngine(Engine):
         if st is None:
             validate_stream_name(stream)
         else:
-            cached = st.from_tail(start, max_bytes)
+            cached = self._tail.get(stream, start, max_bytes)
             if cached is not None:
                 return cached
         rows_wanted = MAX_READ_ROWS
@@ -822,7 +797,7 @@ class PostgresEngine(Engine):
             expected = record.end
         if records:
             st = self._stream(stream)
-            st.cache(records)
+            self._cache(st, records)
             st.advance(records[-1].end)
         return records
 
