@@ -66,6 +66,7 @@ bench-peers: $(STAMP)
 # 10 minutes at half the measured W1 rate with 100 live subscribers (not in `make test`).
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
+	$(BIN)/python bench/soak.py --fan-out
 
 clean:
 	rm -rf $(VENV) herald-data .pytest_cache .mypy_cache .ruff_cache

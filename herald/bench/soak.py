@@ -1,9 +1,15 @@
 """The soak: a real ``herald serve`` under a steady load for minutes, watched.
 
 One producer appends at a fixed rate (by default half of W1, measured first on a
-fresh server) while live subscribers (``--subscribers``, spread over a few client
-processes) follow the stream from position 0 and check that every event arrives once
-and in order. Every second the server's resident memory (``VmRSS`` in
+fresh server), batch after batch round the soak's streams, while live subscribers
+(``--subscribers``, spread over a few client processes) each follow one stream from
+position 0 and check that every event arrives once and in order.
+
+Two shapes: by default every subscriber has a stream of its own (``--streams``: one
+per subscriber), so the server delivers every event once — the rate the issue asks for
+is reachable; with ``--fan-out`` all subscribers follow one stream, so the server
+delivers every event ``--subscribers`` times over TLS, which on a small machine bounds
+the rate the producer can keep. Every second the server's resident memory (``VmRSS`` in
 ``/proc/PID/status``), open file descriptors (``/proc/PID/fd``), threads and CPU time
 are sampled into a CSV; a plot goes to ``docs/soak.png`` and the verdict — computed
 from the samples after the warm-up — to BENCH.md's ``## Soak`` section.
@@ -34,7 +40,11 @@ from .workloads import BATCH, W1_IN_FLIGHT, make_event, run_in_process
 
 __all__ = ["main", "analyse", "Sample", "Verdict"]
 
-STREAM = "soak"
+STREAM = "soak"  # the streams are soak-0, soak-1, …
+
+
+def stream_name(k: int) -> str:
+    return f"{STREAM}-{k}"
 # How long subscribers get, after the producer stops, to reach the last event.
 DEFAULT_DRAIN_SECONDS = 60.0
 # Growth after the warm-up that still counts as "no growth": allocator and page
@@ -48,10 +58,11 @@ FD_TOLERANCE = 2
 
 
 def _producer(url: str, token: str, ca: str, rate: float, batch: int, seconds: float,
-              produced: Any) -> dict[str, float]:
-    """Append ``batch`` events every ``batch / rate`` s for ``seconds``, at most
-    ``W1_IN_FLIGHT`` appends in flight: when the server is slower than the rate, the
-    producer falls behind (and says so) rather than piling up requests."""
+              heads: Any) -> dict[str, float]:
+    """Append ``batch`` events every ``batch / rate`` s for ``seconds``, the streams in
+    turn, at most ``W1_IN_FLIGHT`` appends in flight: when the server is slower than
+    the rate, the producer falls behind (and says so) rather than piling up requests.
+    ``heads[k]`` is stream k's acknowledged head."""
     async def run() -> dict[str, float]:
         body = msgspec.json.encode([make_event(i) for i in range(batch)])
         window = asyncio.Semaphore(W1_IN_FLIGHT)
@@ -59,12 +70,12 @@ def _producer(url: str, token: str, ca: str, rate: float, batch: int, seconds: f
         tasks: set[asyncio.Task[None]] = set()
         async with AsyncClient(url, token=token, ca=ca) as client:
 
-            async def append() -> None:
+            async def append(k: int) -> None:
                 nonlocal acknowledged
                 try:
-                    await client.append(STREAM, body)
+                    await client.append(stream_name(k), body)
                     acknowledged += batch
-                    produced.value = acknowledged
+                    heads[k] += batch
                 finally:
                     window.release()
 
@@ -81,7 +92,7 @@ def _producer(url: str, token: str, ca: str, rate: float, batch: int, seconds: f
                     continue
                 worst_lag = max(worst_lag, now - due)
                 await window.acquire()
-                task = asyncio.create_task(append())
+                task = asyncio.create_task(append(sent // batch % len(heads)))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
                 sent += batch
@@ -94,17 +105,22 @@ def _producer(url: str, token: str, ca: str, rate: float, batch: int, seconds: f
 
 
 def _subscribers(url: str, token: str, ca: str, indices: list[int], counts: Any,
-                 final_head: Any, deadline: Any, ready: Any, body: bytes,
+                 heads: Any, done: Any, deadline: Any, ready: Any, body: bytes,
                  decode: bool) -> list[dict[str, Any]]:
-    """Live subscriptions from position 0. Each checks that every record starts where
-    the last one ended (no gap, no duplicate, in order) and holds exactly the events
-    the producer sent. ``counts[i]`` is subscriber i's next position.
+    """Live subscriptions from position 0, subscriber i on stream ``i % len(heads)``.
+    Each checks that every record starts where the last one ended (no gap, no
+    duplicate, in order) and holds exactly the events the producer sent.
+    ``counts[i]`` is subscriber i's next position; once ``done`` is set, ``heads`` are
+    the streams' final heads.
 
     By default a subscriber reads the compact form (``codec.MEDIA_TYPE``) and checks
     records as bytes — the server does the same work for it as for any subscriber,
     and the client processes, which share this machine's cores with the server, stay
     light. With ``decode`` it is ``herald.AsyncClient.subscribe`` and every event is
     decoded to a ``herald.Event``."""
+
+    def finished(i: int) -> bool:
+        return bool(done.value) and counts[i] >= heads[i % len(heads)]
 
     async def follow_records(i: int, connected: asyncio.Event) -> dict[str, Any]:
         import aiohttp
@@ -118,7 +134,7 @@ def _subscribers(url: str, token: str, ca: str, indices: list[int], counts: Any,
         connector = aiohttp.TCPConnector(ssl=client_context(Path(ca)))
         async with aiohttp.ClientSession(connector=connector, read_bufsize=1 << 20,
                                          timeout=aiohttp.ClientTimeout(total=None)) as http, \
-                http.get(f"{url}/v1/streams/{STREAM}/events", params={
+                http.get(f"{url}/v1/streams/{stream_name(i % len(heads))}/events", params={
                     "from": "0", "follow": "true"}, headers={
                     "Accept": codec.MEDIA_TYPE, "Authorization": f"Bearer {token}"}) as answer:
             if answer.status != 200:
@@ -140,13 +156,13 @@ def _subscribers(url: str, token: str, ca: str, indices: list[int], counts: Any,
                     expected = record.end
                 counts[i] = expected
                 connected.set()
-                if 0 <= final_head.value <= expected:
+                if finished(i):
                     return {"index": i, "received": expected, "problem": ""}
 
     async def follow_events(i: int, connected: asyncio.Event) -> dict[str, Any]:
         expected = 0
         async with AsyncClient(url, token=token, ca=ca) as client, \
-                client.subscribe(STREAM, 0) as subscription:
+                client.subscribe(stream_name(i % len(heads)), 0) as subscription:
             async for events in subscription.batches():
                 first, last = events[0], events[-1]
                 if first.position != expected or last.position != expected + len(events) - 1:
@@ -158,7 +174,7 @@ def _subscribers(url: str, token: str, ca: str, indices: list[int], counts: Any,
                 expected += len(events)
                 counts[i] = expected
                 connected.set()
-                if 0 <= final_head.value <= expected:
+                if finished(i):
                     break
         return {"index": i, "received": expected, "problem": ""}
 
@@ -174,9 +190,8 @@ def _subscribers(url: str, token: str, ca: str, indices: list[int], counts: Any,
         # head, and everyone at the deadline.
         while not all(t.done() for t in tasks.values()):
             await asyncio.sleep(0.25)
-            final = final_head.value
             for i, task in tasks.items():
-                if not task.done() and (0 <= final <= counts[i] or (
+                if not task.done() and (finished(i) or (
                         deadline.value and time.time() > deadline.value)):
                     task.cancel()
         waiting.cancel()
@@ -212,10 +227,9 @@ class Sample:
     fds: int
     threads: int
     cpu_percent: float
-    head: int
-    slowest: int
-    median: int
-    fastest: int
+    head: int  # events acknowledged, all streams
+    max_lag: int  # events the furthest-behind subscriber is behind its stream's head
+    median_lag: int
 
 
 def _read_proc(pid: int) -> tuple[float, int, int, float]:
@@ -309,6 +323,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--rate", type=float, default=None,
                         help="events/s (default: half of W1, measured first)")
     parser.add_argument("--subscribers", type=int, default=100, help="live subscribers (100)")
+    shape = parser.add_mutually_exclusive_group()
+    shape.add_argument("--streams", type=int, default=None,
+                       help="streams the producer appends to in turn; subscriber i "
+                            "follows stream i mod STREAMS (default: one per subscriber)")
+    shape.add_argument("--fan-out", action="store_true",
+                       help="one stream that every subscriber follows: the server "
+                            "delivers every event SUBSCRIBERS times")
     # Two: the client processes share this machine's cores with the server, and four
     # of them, busy, leave the server a third of a core (CFS shares by thread).
     parser.add_argument("--processes", type=int, default=2,
@@ -326,14 +347,26 @@ def _parser() -> argparse.ArgumentParser:
                         help="seconds subscribers get to reach the last event after "
                              f"the producer stops ({DEFAULT_DRAIN_SECONDS:.0f})")
     parser.add_argument("--output", default="BENCH.md", help="report file (BENCH.md)")
-    parser.add_argument("--csv", default="docs/soak.csv", help="samples (docs/soak.csv)")
-    parser.add_argument("--plot", default="docs/soak.png", help="plot (docs/soak.png)")
+    parser.add_argument("--csv", default=None,
+                        help="samples (docs/soak.csv; with --fan-out docs/soak-fan-out.csv)")
+    parser.add_argument("--plot", default=None,
+                        help="plot (docs/soak.png; with --fan-out docs/soak-fan-out.png)")
     return parser
+
+
+FAN_OUT_SECTION = "Soak: one stream, every subscriber on it"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    command = "python bench/soak.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    command = ("python bench/soak.py " + " ".join(sys.argv[1:] if argv is None else argv)
+               ).rstrip()
+    streams = 1 if args.fan_out else (args.streams or args.subscribers)
+    if not 1 <= streams <= args.subscribers:
+        raise SystemExit("--streams must be between 1 and --subscribers")
+    name = "soak-fan-out" if args.fan_out else "soak"
+    args.csv = args.csv or f"docs/{name}.csv"
+    args.plot = args.plot or f"docs/{name}.png"
     seconds = args.minutes * 60
     warmup = args.warmup if args.warmup is not None else min(120.0, seconds / 5)
     w1_rate = None
@@ -349,8 +382,8 @@ def main(argv: list[str] | None = None) -> int:
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
     ready = ctx.Queue()
-    produced = ctx.Value("q", 0, lock=False)
-    final_head = ctx.Value("q", -1, lock=False)
+    heads = ctx.Array("q", [args.batch] * streams, lock=False)  # the first batches
+    done = ctx.Value("b", 0, lock=False)
     deadline = ctx.Value("d", 0.0, lock=False)
     counts = ctx.Array("q", args.subscribers, lock=False)
     samples: list[Sample] = []
@@ -358,14 +391,15 @@ def main(argv: list[str] | None = None) -> int:
     with herald_server() as server, open(args.csv, "w", newline="") as csv_file:
         pid = server.process.pid
         conn = (server.url, server.token, server.ca)
-        # One batch before anyone subscribes: a subscriber that has it is connected.
+        # One batch on every stream before anyone subscribes: a subscriber that has
+        # it is connected.
         body = msgspec.json.encode([make_event(i) for i in range(args.batch)])
-        asyncio.run(_append_first(*conn, body))
+        asyncio.run(_append_first(*conn, body, streams))
         groups = [list(range(args.subscribers))[p::args.processes]
                   for p in range(args.processes)]
         groups = [g for g in groups if g]
         subscribers = [ctx.Process(target=_child, args=(
-            queue, _subscribers, (*conn, g, counts, final_head, deadline, ready, body,
+            queue, _subscribers, (*conn, g, counts, heads, done, deadline, ready, body,
                                   args.decode)))
             for g in groups]
         for p in subscribers:
@@ -380,11 +414,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.subscribers} subscribers connected; producing {rate:,.0f} events/s "
               f"for {args.minutes:g} min", flush=True)
         producer = ctx.Process(target=_child, args=(
-            queue, _producer, (*conn, rate, args.batch, seconds, produced)))
+            queue, _producer, (*conn, rate, args.batch, seconds, heads)))
         writer = csv.writer(csv_file)
         writer.writerow(["seconds", "phase", "rss_mib", "fds", "threads", "cpu_percent",
-                         "head", "slowest_subscriber", "median_subscriber",
-                         "fastest_subscriber"])
+                         "acknowledged", "max_lag", "median_lag"])
         start = time.perf_counter()
         producer.start()
         _, _, _, cpu_before = _read_proc(pid)
@@ -398,28 +431,29 @@ def main(argv: list[str] | None = None) -> int:
             next_sample += 1
             now = time.perf_counter()
             rss, fds, threads, cpu = _read_proc(pid)
-            positions = sorted(counts[:])
+            lags = sorted(max(0, heads[i % streams] - counts[i])
+                          for i in range(args.subscribers))
             elapsed = now - start
             if phase == "warm-up" and elapsed >= warmup:
                 phase = "steady"
             if phase != "drain" and not producer.is_alive():
                 phase = "drain"
-                final_head.value = args.batch + produced.value
+                done.value = 1
                 deadline.value = time.time() + args.drain
             sample = Sample(round(elapsed, 1), phase, round(rss, 2), fds, threads,
                             round(100 * (cpu - last_cpu) / (now - last_t), 1),
-                            args.batch + produced.value, positions[0],
-                            positions[len(positions) // 2], positions[-1])
+                            sum(heads) - streams * args.batch, lags[-1],
+                            lags[len(lags) // 2])
             last_cpu, last_t = cpu, now
             samples.append(sample)
             writer.writerow([sample.seconds, sample.phase, sample.rss_mib, sample.fds,
                              sample.threads, sample.cpu_percent, sample.head,
-                             sample.slowest, sample.median, sample.fastest])
+                             sample.max_lag, sample.median_lag])
             csv_file.flush()
             if len(samples) % 10 == 0:
                 print(f"{elapsed:6.0f} s {phase:8} RSS {rss:7.1f} MiB  fds {fds:4}  "
-                      f"head {sample.head:>12,}  slowest subscriber {positions[0]:>12,}",
-                      flush=True)
+                      f"acknowledged {sample.head:>12,}  furthest behind "
+                      f"{sample.max_lag:>10,}", flush=True)
             if phase == "drain" and all(not p.is_alive() for p in subscribers):
                 break
         while not queue.empty() or len(results) < len(subscribers) + 1:
@@ -437,20 +471,21 @@ def main(argv: list[str] | None = None) -> int:
         else:
             subscriber_results += value
     assert producer_result is not None
-    final = args.batch + int(producer_result["events"])
+    finals = {r["index"]: heads[r["index"] % streams] for r in subscriber_results}
     verdict = analyse(samples)
     plot(samples, Path(args.plot), warmup)
-    report = render(args, command, rate, w1_rate, warmup, producer_result, final,
-                    subscriber_results, samples, verdict)
-    write_section(Path(args.output), "Soak", report)
+    report = render(args, command, streams, rate, w1_rate, warmup, producer_result,
+                    finals, subscriber_results, samples, verdict)
+    write_section(Path(args.output), FAN_OUT_SECTION if args.fan_out else "Soak", report)
     print(report)
     print(f"wrote {args.csv}, {args.plot} and the Soak section of {args.output}")
     return 0
 
 
-async def _append_first(url: str, token: str, ca: str, body: bytes) -> None:
+async def _append_first(url: str, token: str, ca: str, body: bytes, streams: int) -> None:
     async with AsyncClient(url, token=token, ca=ca) as client:
-        await client.append(STREAM, body)
+        for k in range(streams):
+            await client.append(stream_name(k), body)
 
 
 def plot(samples: list[Sample], path: Path, warmup: float) -> None:
@@ -460,23 +495,25 @@ def plot(samples: list[Sample], path: Path, warmup: float) -> None:
     import matplotlib.pyplot as plt
 
     t = [s.seconds / 60 for s in samples]
-    figure, (ax_rss, ax_fds, ax_pos) = plt.subplots(3, 1, figsize=(9, 8), sharex=True)
+    figure, (ax_rss, ax_fds, ax_head, ax_lag) = plt.subplots(4, 1, figsize=(9, 10),
+                                                             sharex=True)
     ax_rss.plot(t, [s.rss_mib for s in samples], color="tab:blue")
     ax_rss.set_ylabel("server RSS (MiB)")
     ax_rss.set_ylim(0, 1.15 * max(s.rss_mib for s in samples))
     ax_fds.plot(t, [s.fds for s in samples], color="tab:orange")
     ax_fds.set_ylabel("open fds")
     ax_fds.set_ylim(0, 1.15 * max(s.fds for s in samples) + 1)
-    ax_pos.plot(t, [s.head / 1e6 for s in samples], label="head (appended)", color="black")
-    ax_pos.plot(t, [s.slowest / 1e6 for s in samples], label="slowest subscriber",
-                color="tab:red")
-    ax_pos.plot(t, [s.median / 1e6 for s in samples], label="median subscriber",
-                color="tab:green", linestyle="--")
-    ax_pos.set_ylabel("position (millions)")
-    ax_pos.set_xlabel("minutes")
-    ax_pos.legend(loc="upper left")
+    ax_head.plot(t, [s.head / 1e6 for s in samples], color="black")
+    ax_head.set_ylabel("acknowledged\n(millions of events)")
+    ax_lag.plot(t, [s.max_lag for s in samples], label="furthest behind", color="tab:red")
+    ax_lag.plot(t, [s.median_lag for s in samples], label="median", color="tab:green",
+                linestyle="--")
+    ax_lag.set_ylabel("subscribers behind\ntheir head (events)")
+    ax_lag.set_ylim(0, 1.15 * max(max(s.max_lag for s in samples), 1))
+    ax_lag.set_xlabel("minutes")
+    ax_lag.legend(loc="upper left")
     drain = next((s.seconds / 60 for s in samples if s.phase == "drain"), None)
-    for ax in (ax_rss, ax_fds, ax_pos):
+    for ax in (ax_rss, ax_fds, ax_head, ax_lag):
         ax.axvspan(0, warmup / 60, color="grey", alpha=0.15)
         if drain is not None:
             ax.axvspan(drain, t[-1], color="tab:blue", alpha=0.08)
@@ -489,58 +526,74 @@ def plot(samples: list[Sample], path: Path, warmup: float) -> None:
     plt.close(figure)
 
 
-def render(args: argparse.Namespace, command: str, rate: float, w1_rate: float | None,
-           warmup: float, producer: dict[str, float], final: int,
-           subscribers: list[dict[str, Any]], samples: list[Sample],
-           verdict: Verdict) -> str:
-    complete = [s for s in subscribers if s["received"] == final and not s["problem"]]
+def render(args: argparse.Namespace, command: str, streams: int, rate: float,
+           w1_rate: float | None, warmup: float, producer: dict[str, float],
+           finals: dict[int, int], subscribers: list[dict[str, Any]],
+           samples: list[Sample], verdict: Verdict) -> str:
+    complete = [s for s in subscribers
+                if s["received"] == finals[s["index"]] and not s["problem"]]
     problems = [s for s in subscribers if s["problem"]]
-    received = sorted(s["received"] for s in subscribers)
+    behind = sorted(finals[s["index"]] - s["received"] for s in subscribers)
     steady = [s for s in samples if s.phase == "steady"]
     cpu = statistics.median(s.cpu_percent for s in steady) if steady else 0.0
+    lag = statistics.median(s.max_lag for s in steady) if steady else 0
+    fan_out = args.subscribers // streams
     origin = (f"half of W1 measured just before on a fresh server ({w1_rate:,.0f} "
               "events/s)" if w1_rate else "given with `--rate`")
+    if streams == 1:
+        shape = (f"{args.subscribers} live subscribers all following that stream from "
+                 f"position 0, so the server sends every event {args.subscribers} times")
+        where = "to one stream"
+    else:
+        shape = (f"{args.subscribers} live subscribers, " + (
+            "each following a stream of its own" if fan_out == 1 else
+            f"{fan_out} on each stream") + " from position 0, so the server sends "
+            + ("every event once" if fan_out == 1 else f"every event {fan_out} times"))
+        where = f"to {streams} streams in turn"
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_description()}.",
         f"Command: `{command}`.",
         "",
         f"A real `herald serve` (files engine, TLS) for {args.minutes:g} min: one producer "
-        f"appending batches of {args.batch:,} at {rate:,.0f} events/s ({origin}, at most "
-        f"{W1_IN_FLIGHT} appends in flight), {args.subscribers} live subscribers in "
-        f"{args.processes} client processes following the stream from position 0 ("
-        + ("each decoding every event with `herald.AsyncClient`" if args.decode else
-           "each checking the compact form's records: positions in order, the bytes "
-           "the producer sent") + "). The "
+        f"appending batches of {args.batch:,} {where} at {rate:,.0f} events/s ({origin}, "
+        f"at most {W1_IN_FLIGHT} appends in flight); {shape}. The subscribers are spread "
+        f"over {args.processes} client processes and "
+        + ("decode every event with `herald.AsyncClient`" if args.decode else
+           "check the compact form's records: positions in order, the bytes the "
+           "producer sent") + ". The "
         "server's RSS (`/proc/PID/status` VmRSS) and open file descriptors "
         "(`/proc/PID/fd`) were sampled every second "
         f"([{args.csv}]({args.csv}), plotted below); the first {warmup:.0f} s are "
         "the warm-up, left out of the verdict.",
         "",
-        f"![RSS, open fds and positions during the soak]({args.plot})",
+        f"![RSS, open fds, events acknowledged and subscribers' lag during the soak]"
+        f"({args.plot})",
         "",
         "| | |",
         "|---|---|",
         f"| **verdict** | **{'no growth after warm-up' if verdict.ok else 'GROWTH'}**: "
         f"{verdict.text} |",
         f"| producer | {int(producer['events']):,} events acknowledged in "
-        f"{producer['seconds']:.0f} s = {producer['rate']:,.0f} events/s (target "
-        f"{rate:,.0f}; furthest behind schedule {producer['worst_lag_s']:.2f} s) |",
-        f"| subscribers | {len(complete)} of {len(subscribers)} received all {final:,} "
-        f"events in order with no gap or duplicate; {len(problems)} saw a problem"
+        f"{producer['seconds']:.0f} s = **{producer['rate']:,.0f} events/s** (target "
+        f"{rate:,.0f}, {100 * producer['rate'] / rate:.0f} %; furthest behind schedule "
+        f"{producer['worst_lag_s']:.2f} s) |",
+        f"| subscribers | {len(complete)} of {len(subscribers)} received every event of "
+        f"their stream in order with no gap or duplicate; {len(problems)} saw a problem"
         + (f" (first: {problems[0]['problem']})" if problems else "")
-        + f"; positions at the end: slowest {received[0]:,}, median "
-        f"{received[len(received) // 2]:,} |",
+        + f"; at the end the furthest behind was {behind[-1]:,} events short. After "
+        f"the warm-up the furthest-behind subscriber trailed its head by a median of "
+        f"{lag:,.0f} events |",
         f"| server CPU | median {cpu:.0f} % of one core after the warm-up |",
     ]
     if producer["rate"] < 0.95 * rate:
         lines += ["", f"The producer reached {100 * producer['rate'] / rate:.0f} % of the "
-                      f"target rate: with {args.subscribers} subscribers the server sends "
-                      f"every event {args.subscribers} times over TLS, and the server and "
-                      "the client processes share this machine's cores; the appends waited "
-                      f"(at most {W1_IN_FLIGHT} in flight) rather than piling up."]
+                      f"target rate: the server sends every event {fan_out} times over "
+                      "TLS, and the server and the client processes share this machine's "
+                      f"cores; the appends waited (at most {W1_IN_FLIGHT} in flight) "
+                      "rather than piling up."]
     if len(complete) < len(subscribers) and not problems:
         lines += ["", f"Subscribers that did not reach the last event were behind when the "
-                      f"{args.drain:.0f} s drain ended: the fan-out ({args.subscribers} × "
+                      f"{args.drain:.0f} s drain ended: the fan-out ({fan_out} × "
                       f"{rate:,.0f} events/s) is more than this machine delivers; every "
                       "batch they did receive was checked in order."]
     return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from herald.bench.soak import Sample, analyse
 
 def samples(rss: list[float], fds: list[int], warmup: int = 5) -> list[Sample]:
     return [Sample(float(t), "warm-up" if t < warmup else "steady", r, f, 10, 50.0,
-                   1000 * t, 1000 * t, 1000 * t, 1000 * t)
+                   1000 * t, 1000, 500)
             for t, (r, f) in enumerate(zip(rss, fds, strict=True))]
 
 
