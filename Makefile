@@ -63,7 +63,8 @@ bench-gather: $(STAMP)
 bench-peers: $(STAMP)
 	$(BIN)/herald bench --peers
 
-# 10 minutes at half the measured W1 rate with 100 live subscribers (not in `make test`).
+# 10 minutes at half the measured W1 rate with 100 live subscribers, each on a stream of
+# its own; then 10 more with all of them on one stream (not in `make test`).
 soak: $(STAMP)
 	$(BIN)/python bench/soak.py
 	$(BIN)/python bench/soak.py --fan-out

@@ -223,23 +223,31 @@ async def test_kill_a_node_under_load_proof(cluster: Cluster, victim: str) -> No
     await kill_a_node_under_load(cluster, victim, before=15.0, after=20.0, batch=200)
 
 
+async def proxied_postgres() -> tuple[str, TcpProxy, str]:
+    """This machine's PostgreSQL, a TCP proxy in front of it that a test can cut,
+    and a fresh schema."""
+    dsn = require_postgres()
+    params = conninfo_to_dict(dsn)
+    proxy = await TcpProxy(str(params.get("host") or "127.0.0.1"),
+                           int(params.get("port") or 5432)).start()
+    return dsn, proxy, new_schema()
+
+
+def node_config(path: Path, dsn: str, schema: str) -> Path:
+    path.write_text(f'[storage]\nengine = "postgres"\ndsn = "{dsn}"\n'
+                    f'schema = "{schema}"\npool_size = 2\n')
+    return path
+
+
 async def test_a_node_that_loses_the_database_sends_its_clients_elsewhere(
     server_factory: type[ServerProcess], tmp_path: Path
 ) -> None:
     """A network failure between one node and PostgreSQL: that node answers 503
     and breaks its subscriptions; clients carry on on the other node."""
-    dsn = require_postgres()
-    params = conninfo_to_dict(dsn)
-    proxy = await TcpProxy(str(params.get("host") or "127.0.0.1"),
-                           int(params.get("port") or 5432)).start()
-    schema = new_schema()
+    dsn, proxy, schema = await proxied_postgres()
     data = tmp_path / "node-data"
-    configs = []
-    for name, node_dsn in (("cut", proxy.dsn(dsn)), ("direct", dsn)):
-        config = tmp_path / f"{name}.toml"
-        config.write_text(f'[storage]\nengine = "postgres"\ndsn = "{node_dsn}"\n'
-                          f'schema = "{schema}"\npool_size = 2\n')
-        configs.append(config)
+    configs = [node_config(tmp_path / "cut.toml", proxy.dsn(dsn), schema),
+               node_config(tmp_path / "direct.toml", dsn, schema)]
     cut = await asyncio.to_thread(
         server_factory(data=data, args=["--config", str(configs[0])]).start)
     direct = await asyncio.to_thread(
@@ -303,14 +311,8 @@ async def test_health_says_503_while_the_node_cannot_reach_its_database(
 ) -> None:
     """A load balancer's health check takes a node that lost its database out of
     rotation, and puts it back once the database answers again."""
-    dsn = require_postgres()
-    params = conninfo_to_dict(dsn)
-    proxy = await TcpProxy(str(params.get("host") or "127.0.0.1"),
-                           int(params.get("port") or 5432)).start()
-    schema = new_schema()
-    config = tmp_path / "herald.toml"
-    config.write_text(f'[storage]\nengine = "postgres"\ndsn = "{proxy.dsn(dsn)}"\n'
-                      f'schema = "{schema}"\npool_size = 2\n')
+    dsn, proxy, schema = await proxied_postgres()
+    config = node_config(tmp_path / "herald.toml", proxy.dsn(dsn), schema)
     node = server_factory(data=tmp_path / "data", args=["--config", str(config)])
     await asyncio.to_thread(node.start)
     try:
