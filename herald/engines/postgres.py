@@ -51,8 +51,9 @@ the streams that have waiters.
 
 **Dedup window shared by all nodes.** Producer-supplied ids go into
 ``event_ids`` in the append transaction. Under the stream lock, an id counts as
-present while its position is within ``limits.dedup_window`` of the head; rows
-further behind are deleted now and then (``PRUNE_FRACTION``).
+present while the batch that holds it ends within ``limits.dedup_window`` of the
+head — whole batches, as the files engine keeps them; rows further behind are
+deleted now and then (``PRUNE_FRACTION``).
 """
 
 from __future__ import annotations
@@ -655,13 +656,15 @@ class PostgresEngine(Engine):
         window = DedupWindow(size)
         wanted = [event_id for p in group for _, event_id in p.supplied]
         if wanted:
-            cursor = await conn.execute(q.find_ids, (stream_id, wanted))
-            # Rows further behind than the window are forgotten, not yet deleted.
-            found = sorted((int(position), str(event_id))
-                           for event_id, position in await cursor.fetchall()
-                           if position is not None and position >= head - size)
-            for position, event_id in found:
-                window.add(position, position + 1, [(event_id, position)])
+            cursor = await conn.execute(q.find_ids, {"stream": stream_id, "ids": wanted})
+            # An id is in the window while its batch ends within it (the files
+            # engine's rule); rows further behind are forgotten, not yet deleted.
+            found = sorted((int(position), int(last), str(event_id))
+                           for event_id, position, last in await cursor.fetchall()
+                           if position is not None and last is not None
+                           and last + 1 > head - size)
+            for position, last, event_id in found:
+                window.add(position, last + 1, [(event_id, position)])
 
         outcomes: list[AppendResult | HeraldError] = []
         records: list[Record] = []
@@ -706,7 +709,7 @@ class PostgresEngine(Engine):
             await conn.execute(q.insert_ids, (stream_id, new_ids, new_positions))
         step = max(1, size // PRUNE_FRACTION)
         if position // step != head // step:
-            await conn.execute(q.prune_ids, (stream_id, position - size))
+            await conn.execute(q.prune_ids, {"stream": stream_id, "edge": position - size})
         await conn.execute(q.move_head, (position, sum(len(r.raw) for r in records),
                                          last_time, stream_id))
         return outcomes, (position, records)
@@ -972,9 +975,13 @@ class _Statements:
         # One primary-key probe per id, whatever the planner's statistics say. The
         # plain "id = ANY(%s)" was planned, on a young table, as a scan of the whole
         # stream's window filtered by id: 30–40 ms per 200-id append, and growing.
+        # Each wanted id: its position and the last position of the batch holding it.
         self.find_ids = (
-            f"SELECT w.id, (SELECT e.position FROM {s}.event_ids AS e"
-            f" WHERE e.stream_id = %s AND e.id = w.id) FROM unnest(%s::text[]) AS w(id)")
+            f"SELECT w.id, e.position, b.last FROM unnest(%(ids)s::text[]) AS w(id)"
+            f" LEFT JOIN {s}.event_ids AS e ON e.stream_id = %(stream)s AND e.id = w.id"
+            f" LEFT JOIN LATERAL (SELECT last FROM {s}.batches"
+            f" WHERE stream_id = %(stream)s AND last >= e.position"
+            f" ORDER BY last LIMIT 1) AS b ON true")
         # %b: the records travel in binary. As %s, psycopg would send a list of
         # bytes as a text array, hex-escaped: twice the bytes, and parsing on the
         # server (measured: W1 at half speed).
@@ -987,7 +994,13 @@ class _Statements:
             f"INSERT INTO {s}.event_ids (stream_id, id, position) "
             f"SELECT %s, unnest(%s::text[]), unnest(%s::bigint[]) "
             f"ON CONFLICT (stream_id, id) DO UPDATE SET position = EXCLUDED.position")
-        self.prune_ids = f"DELETE FROM {s}.event_ids WHERE stream_id = %s AND position < %s"
+        # Ids of batches that ended before the window's edge: those before the first
+        # position of the batch that holds the edge (written in this transaction, so
+        # the new batches are seen).
+        self.prune_ids = (
+            f"DELETE FROM {s}.event_ids WHERE stream_id = %(stream)s AND position < ("
+            f"SELECT base FROM {s}.batches WHERE stream_id = %(stream)s"
+            f" AND last >= %(edge)s ORDER BY last LIMIT 1)")
         self.move_head = (f"UPDATE {s}.streams SET head = %s, bytes = bytes + %s, "
                           f"last_time = %s WHERE id = %s")
         # Whole records from the one holding `start`, in order; at most a number of

@@ -181,6 +181,21 @@ async def test_dedup_window_is_bounded_and_survives_reopen(kit: EngineKit) -> No
     assert late.appended == 1
 
 
+
+
+async def test_the_window_keeps_whole_batches(kit: EngineKit) -> None:
+    """A retried batch is recognised whole while the batch ends within the window,
+    even when its first events lie further back than the window (found at length
+    by the state machine on postgres, which once checked each id's own position)."""
+    engine = await kit.open(Limits(dedup_window=6))
+    first = batch(*(ev(i, id=f"e{i}") for i in range(4)))  # positions 0–3, ends at 4
+    await engine.append("b", first)
+    await engine.append("b", batch(*(ev(10 + i) for i in range(4))))  # head 8
+    retry = await engine.append("b", batch(*(ev(i, id=f"e{i}") for i in range(4))),
+                                expected_head=0)
+    assert (retry.appended, retry.first, retry.head) == (0, 0, 4)
+    assert [d.position for d in retry.duplicates] == [0, 1, 2, 3]
+    assert await engine.head("b") == 8
 async def test_many_streams(kit: EngineKit) -> None:
     engine = await kit.open()
     names = [f"module-{i:03d}" for i in range(60)]
