@@ -41,10 +41,6 @@ from .workloads import BATCH, W1_IN_FLIGHT, make_event, run_in_process
 __all__ = ["main", "analyse", "Sample", "Verdict"]
 
 STREAM = "soak"  # the streams are soak-0, soak-1, …
-
-
-def stream_name(k: int) -> str:
-    return f"{STREAM}-{k}"
 # How long subscribers get, after the producer stops, to reach the last event.
 DEFAULT_DRAIN_SECONDS = 60.0
 # Growth after the warm-up that still counts as "no growth": allocator and page
@@ -52,6 +48,10 @@ DEFAULT_DRAIN_SECONDS = 60.0
 RSS_TOLERANCE_MIB = 8.0
 RSS_TOLERANCE_FRACTION = 0.05
 FD_TOLERANCE = 2
+
+
+def stream_name(k: int) -> str:
+    return f"{STREAM}-{k}"
 
 
 # --- the client processes ------------------------------------------------------------
@@ -476,9 +476,10 @@ def main(argv: list[str] | None = None) -> int:
     plot(samples, Path(args.plot), warmup)
     report = render(args, command, streams, rate, w1_rate, warmup, producer_result,
                     finals, subscriber_results, samples, verdict)
-    write_section(Path(args.output), FAN_OUT_SECTION if args.fan_out else "Soak", report)
+    section = FAN_OUT_SECTION if args.fan_out else "Soak"
+    write_section(Path(args.output), section, report)
     print(report)
-    print(f"wrote {args.csv}, {args.plot} and the Soak section of {args.output}")
+    print(f"wrote {args.csv}, {args.plot} and the {section!r} section of {args.output}")
     return 0
 
 
@@ -537,19 +538,15 @@ def render(args: argparse.Namespace, command: str, streams: int, rate: float,
     steady = [s for s in samples if s.phase == "steady"]
     cpu = statistics.median(s.cpu_percent for s in steady) if steady else 0.0
     lag = statistics.median(s.max_lag for s in steady) if steady else 0
-    fan_out = args.subscribers // streams
+    fan_out = args.subscribers / streams  # deliveries per event appended
     origin = (f"half of W1 measured just before on a fresh server ({w1_rate:,.0f} "
               "events/s)" if w1_rate else "given with `--rate`")
-    if streams == 1:
-        shape = (f"{args.subscribers} live subscribers all following that stream from "
-                 f"position 0, so the server sends every event {args.subscribers} times")
-        where = "to one stream"
-    else:
-        shape = (f"{args.subscribers} live subscribers, " + (
-            "each following a stream of its own" if fan_out == 1 else
-            f"{fan_out} on each stream") + " from position 0, so the server sends "
-            + ("every event once" if fan_out == 1 else f"every event {fan_out} times"))
-        where = f"to {streams} streams in turn"
+    where = "to one stream" if streams == 1 else f"to {streams} streams in turn"
+    following = ("all following that stream" if streams == 1 else
+                 "each following a stream of its own" if fan_out == 1 else
+                 f"{fan_out:g} on each stream on average")
+    shape = (f"{args.subscribers} live subscribers {following} from position 0, so the "
+             "server sends every event " + ("once" if fan_out == 1 else f"{fan_out:g} times"))
     lines = [
         f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_description()}.",
         f"Command: `{command}`.",
@@ -587,13 +584,13 @@ def render(args: argparse.Namespace, command: str, streams: int, rate: float,
     ]
     if producer["rate"] < 0.95 * rate:
         lines += ["", f"The producer reached {100 * producer['rate'] / rate:.0f} % of the "
-                      f"target rate: the server sends every event {fan_out} times over "
+                      f"target rate: the server sends every event {fan_out:g} times over "
                       "TLS, and the server and the client processes share this machine's "
                       f"cores; the appends waited (at most {W1_IN_FLIGHT} in flight) "
                       "rather than piling up."]
     if len(complete) < len(subscribers) and not problems:
         lines += ["", f"Subscribers that did not reach the last event were behind when the "
-                      f"{args.drain:.0f} s drain ended: the fan-out ({fan_out} × "
+                      f"{args.drain:.0f} s drain ended: the fan-out ({fan_out:g} × "
                       f"{rate:,.0f} events/s) is more than this machine delivers; every "
                       "batch they did receive was checked in order."]
     return "\n".join(lines) + "\n"

@@ -662,7 +662,7 @@ class PostgresEngine(Engine):
             found = sorted((int(position), int(last), str(event_id))
                            for event_id, position, last in await cursor.fetchall()
                            if position is not None and last is not None
-                           and last + 1 > head - size)
+                           and last >= head - size)
             for position, last, event_id in found:
                 window.add(position, last + 1, [(event_id, position)])
 
