@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import HeraldError
+from .errors import ConfigError, HeraldError
 from .model import Limits, validate_stream_name
 from .passwords import PasswordHashError, parse_hash
 
@@ -44,11 +44,6 @@ __all__ = [
 
 DEFAULT_DATA_DIR = Path("herald-data")
 DEFAULT_LISTEN = "127.0.0.1:8443"
-
-
-class ConfigError(HeraldError):
-    status = 400
-    default_code = "invalid_config"
 
 
 def parse_listen(value: str, key: str = "[server] listen") -> tuple[str, int]:

@@ -1,33 +1,40 @@
 """Herald's errors: one tree, each error knowing who is at fault.
 
 Every error Herald raises — in the server, the engines, the client and the CLI — is
-a ``HeraldError``. Each class carries a stable machine-readable ``code`` (sent on
-the wire as ``{"error": {"code": …, "message": …, …}}``) and the HTTP ``status`` it
-maps to, so the server and the client share one table and a client rebuilds the
-very exception the server raised.
+a ``HeraldError``. Each class owns the stable machine-readable codes it lists in
+``codes`` (sent on the wire as ``{"error": {"code": …, "message": …, …}}``; the first
+is its ``default_code``) and carries the HTTP ``status`` it maps to. A code is owned
+by exactly one class — defining a second owner raises at import — so a client
+rebuilds the very class the server meant from the code alone (``error_from_wire``);
+the status only picks a generic class for a code this version does not know.
 
-    HeraldError
-    ├── ClientError                 the caller is at fault (4xx)
+    HeraldError                     the root; owns no code (a bare one is internal_error)
+    ├── ClientError                 the caller is at fault (4xx); bad_request, …
     │   ├── InvalidRequest          400  malformed JSON, wrong types, bad parameters
     │   │   ├── InvalidStreamName   400  invalid_stream_name
     │   │   └── EmptyBatch          400  empty_batch
     │   ├── Unauthorized            401  no or bad credentials
     │   ├── Forbidden               403  missing permission; a refused client certificate
-    │   ├── NotFound                404  stream_not_found / not_found
+    │   ├── NotFound                404  stream_not_found / gatherer_not_found / not_found
     │   ├── RequestTimeout          408  the request's body came too slowly
-    │   ├── ExpectedHeadMismatch    409  the stream's head is not the expected one
+    │   ├── ExpectedHeadMismatch    409  the stream's head is not the expected one (.head)
     │   ├── Conflict                409  the request does not fit the current state
     │   ├── TooLarge                413  event_too_large / batch_too_large
     │   └── RateLimited             429  rate_limited / login_backoff (Retry-After)
+    ├── ConfigError                 400  invalid_config: the configuration is wrong
     ├── ServerError                 Herald or its storage is at fault (5xx)
-    │   ├── CorruptRecord           500  a stored record fails its checksum
-    │   ├── StorageFull             507  the disk is full; nothing was written
-    │   └── StorageUnavailable      503  the engine cannot be reached
+    │   └── StorageError            500  storage_error: the storage failed the request
+    │       ├── CorruptRecord       500  a stored record fails its checksum
+    │       ├── StorageFull         507  the disk is full; nothing was written
+    │       └── StorageUnavailable  503  the engine cannot be reached
     ├── SourceError                 a gathered source is at fault (a module's store)
     │   ├── SourceUnavailable       503  the source cannot be reached or queried
-    │   └── UnmappableRow           422  a source row cannot become an event
+    │   └── UnmappableRow           422  a source row cannot become an event (.position)
     └── TransportError              client side: the server could not be reached
         └── ProtocolError           the server answered something we cannot parse
+
+Every code, its class and its meaning: docs/api.md, "Errors" (tests/unit/test_errors.py
+keeps the two the same).
 
 Driver exceptions (OSError, msgspec, aiohttp, psycopg…) are converted at the layer
 that sees them with ``raise … from exc``; they never reach users.
@@ -35,6 +42,9 @@ that sees them with ``raise … from exc``; they never reach users.
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 __all__ = [
@@ -51,7 +61,9 @@ __all__ = [
     "Conflict",
     "TooLarge",
     "RateLimited",
+    "ConfigError",
     "ServerError",
+    "StorageError",
     "CorruptRecord",
     "StorageFull",
     "StorageUnavailable",
@@ -61,7 +73,36 @@ __all__ = [
     "TransportError",
     "ProtocolError",
     "error_from_wire",
+    "registered_codes",
 ]
+
+# code → the one class that owns it; filled as the classes below are defined.
+_OWNERS: dict[str, type[HeraldError]] = {}
+_CODE = re.compile(r"[a-z]+(?:_[a-z]+)*")
+
+
+def _register(cls: type[HeraldError], codes: object) -> None:
+    """Record ``cls`` as the owner of ``codes``; nothing is recorded if any is wrong."""
+    name = cls.__qualname__
+    if not isinstance(codes, tuple) or not codes:
+        raise TypeError(f"{name}.codes must be a non-empty tuple of error codes")
+    for code in codes:
+        if not isinstance(code, str) or not _CODE.fullmatch(code):
+            raise TypeError(f"{name}.codes: {code!r} is not an error code (lower_snake_case)")
+    if len(set(codes)) != len(codes):
+        raise TypeError(f"{name}.codes lists a code twice: {codes!r}")
+    for code in codes:
+        owner = _OWNERS.get(code)
+        if owner is not None:
+            raise TypeError(f"error code {code!r} is already owned by {owner.__qualname__}; "
+                            f"{name} cannot own it too")
+    for code in codes:
+        _OWNERS[code] = cls
+
+
+def registered_codes() -> Mapping[str, type[HeraldError]]:
+    """Every registered code and the class that owns it (read-only)."""
+    return MappingProxyType(_OWNERS)
 
 
 class HeraldError(Exception):
@@ -69,10 +110,32 @@ class HeraldError(Exception):
 
     ``code`` is stable and machine-readable; ``message`` is for people; ``details``
     carries the data a program needs to react (e.g. the actual head on a conflict).
+
+    A subclass lists the codes it owns in ``codes``, its ``default_code`` first (it is
+    set from ``codes``; do not declare it). A subclass that lists none owns none and
+    keeps its parent's default. ``required_details`` names the details (and their
+    types) an instance must carry for its properties to work; an answer without them
+    is not rebuilt as that class. ``status`` is the class's HTTP status; an error
+    rebuilt from an answer carries the answer's status.
     """
 
-    status: ClassVar[int] = 500
+    status: int = 500
+    codes: ClassVar[tuple[str, ...]] = ()
+    # The root owns no code: a bare HeraldError is answered as ServerError's code.
     default_code: ClassVar[str] = "internal_error"
+    required_details: ClassVar[Mapping[str, type]] = MappingProxyType({})
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "default_code" in cls.__dict__:
+            raise TypeError(f"{cls.__qualname__}: list the codes it owns in codes; "
+                            "default_code is codes[0]")
+        codes = cls.__dict__.get("codes")
+        if codes is None:
+            cls.codes = ()  # owns no code of its own
+            return
+        _register(cls, codes)
+        cls.default_code = codes[0]
 
     def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -89,50 +152,74 @@ class HeraldError(Exception):
 
 
 class ClientError(HeraldError):
-    """The request was wrong; retrying it unchanged will fail again."""
+    """The request was wrong; retrying it unchanged will fail again.
+
+    Its own codes: refusals of the HTTP layer (a request that is not HTTP, a method a
+    route does not take, a header over the limit) and the client's and the command
+    line's own mistakes (a bad URL, token file or TLS file; an existing file, a
+    missing CA, a bad name, nothing on stdin, a command that moved out of the
+    package). It is also what a 4xx answer with a code this version does not know
+    becomes (with that status).
+    """
 
     status = 400
-    default_code = "bad_request"
+    codes: ClassVar[tuple[str, ...]] = (
+        # the HTTP layer's refusals
+        "bad_request", "method_not_allowed", "headers_too_large",
+        # the client's own
+        "bad_url", "bad_token_file", "bad_tls_files",
+        # the command line's own
+        "file_exists", "no_ca", "invalid_name", "empty_password", "empty_token", "moved",
+    )
 
 
 class InvalidRequest(ClientError):
     status = 400
-    default_code = "invalid_request"
+    codes: ClassVar[tuple[str, ...]] = (
+        "invalid_request", "invalid_json", "invalid_event", "invalid_parameter", "duplicate_id",
+    )
 
 
 class InvalidStreamName(InvalidRequest):
-    default_code = "invalid_stream_name"
+    codes: ClassVar[tuple[str, ...]] = ("invalid_stream_name",)
 
 
 class EmptyBatch(InvalidRequest):
-    default_code = "empty_batch"
+    codes: ClassVar[tuple[str, ...]] = ("empty_batch",)
 
 
 class Unauthorized(ClientError):
     status = 401
-    default_code = "unauthorized"
+    codes: ClassVar[tuple[str, ...]] = (
+        "unauthorized", "invalid_token", "client_cert_required", "login_required",
+        "invalid_login",
+    )
 
 
 class Forbidden(ClientError):
     status = 403
-    default_code = "forbidden"
+    codes: ClassVar[tuple[str, ...]] = (
+        "forbidden", "client_cert_not_for_client_auth", "client_cert_expired",
+        "client_cert_not_yet_valid", "client_cert_unknown_ca", "client_cert_invalid",
+    )
 
 
 class NotFound(ClientError):
     status = 404
-    default_code = "not_found"
+    codes: ClassVar[tuple[str, ...]] = ("not_found", "stream_not_found", "gatherer_not_found")
 
 
 class RequestTimeout(ClientError):
     status = 408
-    default_code = "request_timeout"
+    codes: ClassVar[tuple[str, ...]] = ("request_timeout",)
 
 
 class ExpectedHeadMismatch(ClientError):
     """An append's ``expected_head`` was stale. ``details["head"]`` is the actual head."""
 
     status = 409
-    default_code = "expected_head_mismatch"
+    codes: ClassVar[tuple[str, ...]] = ("expected_head_mismatch",)
+    required_details: ClassVar[Mapping[str, type]] = MappingProxyType({"head": int})
 
     @property
     def head(self) -> int:
@@ -141,46 +228,66 @@ class ExpectedHeadMismatch(ClientError):
 
 class Conflict(ClientError):
     """The request is valid but does not fit the current state (e.g. skipping a row a
-    gatherer is not stopped at). ``details`` say what the state is."""
+    gatherer is not stopped at; a gatherer's stream holds events it did not gather).
+    ``details`` say what the state is. A 409 with a code this version does not know
+    becomes a Conflict — never an ExpectedHeadMismatch."""
 
     status = 409
-    default_code = "conflict"
+    codes: ClassVar[tuple[str, ...]] = (
+        "conflict", "not_stopped_at_position", "stream_not_gathered",
+    )
 
 
 class TooLarge(ClientError):
     status = 413
-    default_code = "too_large"
+    codes: ClassVar[tuple[str, ...]] = ("too_large", "batch_too_large", "event_too_large")
 
 
 class RateLimited(ClientError):
     status = 429
-    default_code = "rate_limited"
+    codes: ClassVar[tuple[str, ...]] = ("rate_limited", "login_backoff")
+
+
+class ConfigError(HeraldError):
+    """The configuration (file, environment, flags) is wrong; the message names the key."""
+
+    status = 400
+    codes: ClassVar[tuple[str, ...]] = ("invalid_config",)
 
 
 class ServerError(HeraldError):
-    """Herald or its storage failed; the request may succeed later."""
+    """Herald or its storage failed; the request may succeed later. Also what a 5xx
+    answer with a code this version does not know becomes (with that status)."""
 
     status = 500
-    default_code = "internal_error"
+    codes: ClassVar[tuple[str, ...]] = ("internal_error", "listen_failed")
 
 
-class CorruptRecord(ServerError):
+class StorageError(ServerError):
+    """The storage (the files engine's disk, PostgreSQL) failed the request: an I/O or
+    a database error. Nothing acknowledged is lost."""
+
+    status = 500
+    codes: ClassVar[tuple[str, ...]] = ("storage_error",)
+
+
+class CorruptRecord(StorageError):
     """A stored record fails its length or CRC check. It is never served."""
 
     status = 500
-    default_code = "corrupt_record"
+    codes: ClassVar[tuple[str, ...]] = ("corrupt_record",)
 
 
-class StorageFull(ServerError):
+class StorageFull(StorageError):
     """No space left: the append was not written, nothing acknowledged is lost."""
 
     status = 507
-    default_code = "storage_full"
+    codes: ClassVar[tuple[str, ...]] = ("storage_full",)
 
 
-class StorageUnavailable(ServerError):
+class StorageUnavailable(StorageError):
     status = 503
-    default_code = "storage_unavailable"
+    codes: ClassVar[tuple[str, ...]] = ("storage_unavailable",)
 
 
 class SourceError(HeraldError):
@@ -188,14 +295,16 @@ class SourceError(HeraldError):
     not Herald. Reported in the gatherer's status; never raised to an HTTP client."""
 
     status = 502
-    default_code = "source_error"
+    codes: ClassVar[tuple[str, ...]] = (
+        "source_error", "bad_position", "missing_driver", "bad_source_config",
+    )
 
 
 class SourceUnavailable(SourceError):
     """The source cannot be reached or queried; the gatherer retries with back-off."""
 
     status = 503
-    default_code = "source_unavailable"
+    codes: ClassVar[tuple[str, ...]] = ("source_unavailable",)
 
 
 class UnmappableRow(SourceError):
@@ -203,7 +312,8 @@ class UnmappableRow(SourceError):
     it until an operator skips it. ``details`` name the gatherer and the position."""
 
     status = 422
-    default_code = "unmappable_row"
+    codes: ClassVar[tuple[str, ...]] = ("unmappable_row",)
+    required_details: ClassVar[Mapping[str, type]] = MappingProxyType({"position": int})
 
     @property
     def position(self) -> int:
@@ -214,51 +324,70 @@ class TransportError(HeraldError):
     """Client side: the server could not be reached, or the connection broke."""
 
     status = 0
-    default_code = "transport_error"
+    codes: ClassVar[tuple[str, ...]] = (
+        "transport_error", "tls_error", "timeout", "connection_failed",
+    )
 
 
 class ProtocolError(TransportError):
     """Client side: the server's answer could not be understood."""
 
-    default_code = "protocol_error"
+    codes: ClassVar[tuple[str, ...]] = ("protocol_error",)
 
 
-# The client rebuilds the server's exception from the status; a more specific class
-# is chosen by code where one exists.
-_BY_CODE: dict[str, type[HeraldError]] = {
-    "invalid_stream_name": InvalidStreamName,
-    "empty_batch": EmptyBatch,
-    "corrupt_record": CorruptRecord,
-    "storage_full": StorageFull,
-    "storage_unavailable": StorageUnavailable,
-    "expected_head_mismatch": ExpectedHeadMismatch,
-    "not_stopped_at_position": Conflict,
-    "conflict": Conflict,
-}
+# A code this version does not know (a newer server's, a proxy's ``http_502``) picks a
+# class by its status alone: only classes that mean nothing more than their status
+# and whose properties cannot fail (no ``required_details``). Never
+# ExpectedHeadMismatch: a 409 is not a stale head unless its code says so.
 _BY_STATUS: dict[int, type[HeraldError]] = {
     400: InvalidRequest,
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
     408: RequestTimeout,
-    409: ExpectedHeadMismatch,
+    409: Conflict,
     413: TooLarge,
     429: RateLimited,
-    503: StorageUnavailable,
-    507: StorageFull,
 }
 
 
+def _by_status(status: int) -> type[HeraldError]:
+    cls = _BY_STATUS.get(status)
+    if cls is not None:
+        return cls
+    return ClientError if 400 <= status < 500 else ServerError
+
+
+def _has_required(cls: type[HeraldError], details: Mapping[str, Any]) -> bool:
+    for name, kind in cls.required_details.items():
+        value = details.get(name)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return False
+    return True
+
+
 def error_from_wire(status: int, document: Any) -> HeraldError:
-    """Rebuild the exception the server raised from its status and JSON body."""
+    """Rebuild the exception the server raised from its status and JSON body.
+
+    The class is the owner of the answer's code. A code nobody owns — or an answer
+    that lacks the details its owner needs (an ``expected_head_mismatch`` without an
+    integer ``head``) — gets a generic class by status (``_BY_STATUS``, else
+    ClientError for 4xx, ServerError otherwise). The error keeps the answer's status.
+    """
     body = document.get("error") if isinstance(document, dict) else None
     if not isinstance(body, dict):
-        body = {"code": "http_%d" % status, "message": f"HTTP {status}"}
-    details = {k: v for k, v in body.items() if k not in ("code", "message")}
-    code = str(body.get("code", "http_%d" % status))
-    message = str(body.get("message", f"HTTP {status}"))
-    cls = _BY_CODE.get(code) or _BY_STATUS.get(status)
-    if cls is None:
-        cls = ClientError if 400 <= status < 500 else ServerError
+        body = {}
+    code = body.get("code")
+    if not isinstance(code, str) or not code:
+        code = "http_%d" % status
+    message = body.get("message")
+    if not isinstance(message, str):
+        message = f"HTTP {status}"
+    details = {str(k): v for k, v in body.items() if k not in ("code", "message")}
+    cls = _OWNERS.get(code)
+    if cls is None or not _has_required(cls, details):
+        cls = _by_status(status)
     error = cls(message, code=code, **details)
+    if 100 <= status <= 599 and error.status != status:
+        error.status = status
     return error
