@@ -4,7 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test check proof bench bench-gather bench-peers soak clean system-tools
+.PHONY: serve test check proof bench bench-gather bench-peers bench-postgres bench-compare \
+	soak clean system-tools
 
 # The security tests drive real nginx (with its stream module), curl and openssl;
 # the fault tests strace (to hold Herald at a chosen system call and kill it there,
@@ -58,10 +59,22 @@ bench: $(STAMP)
 bench-gather: $(STAMP)
 	$(BIN)/herald bench --workloads G1,G2
 
+# The rest run from this checkout (bench/, not part of the installed package).
 # Herald beside NATS JetStream, Redis Streams, PostgreSQL, a raw fdatasync'd file and
-# loopback TLS (the services at their default local addresses; see `herald bench -h`).
+# loopback TLS (the services at their default local addresses; see `bench/peers.py -h`).
 bench-peers: $(STAMP)
-	$(BIN)/herald bench --peers
+	$(BIN)/python bench/peers.py
+
+# Both engines' W1–W4, the raw-psycopg PostgreSQL bound beside them, the table design.
+bench-postgres: $(STAMP)
+	$(BIN)/python bench/postgres.py
+
+# COMMIT (default HEAD) against the working tree: W1, W2, W4 on both engines, the two
+# sides alternately, ROUNDS times; BENCH.md's "Redesign: before vs after" section.
+COMMIT ?= HEAD
+ROUNDS ?= 3
+bench-compare: $(STAMP)
+	$(BIN)/python bench/compare.py --commit $(COMMIT) --rounds $(ROUNDS)
 
 # 10 minutes at half the measured W1 rate with 100 live subscribers, each on a stream of
 # its own; then 10 more with all of them on one stream (not in `make test`).

@@ -254,7 +254,8 @@ def bench_arguments(side: Side, engines: list[str], workloads: list[str], events
 
 def run_round(side: Side, arguments: list[str], scratch: Path, label: str) -> Runs:
     """One ``herald bench`` on one side; its figures. Its output is echoed."""
-    report, figures = scratch / f"{label}.md", scratch / f"{label}.json"
+    stem = re.sub(r"[^A-Za-z0-9]+", "-", label)  # "before 1/3" → "before-1-3"
+    report, figures = scratch / f"{stem}.md", scratch / f"{stem}.json"
     command = ["-m", "herald.cli", "bench", *arguments, "--output", str(report)]
     use_json = "--json" in side.options
     if use_json:

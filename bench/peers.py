@@ -1,4 +1,10 @@
-"""``herald bench --peers``: W1–W4 against Herald and its peers, side by side.
+"""W1–W4 against Herald and its peers, side by side; writes BENCH.md's Peers section.
+
+Run from a checkout (not part of the installed package), with the venv's Python and
+the ``bench`` extra (``pip install -e '.[bench]'``; ``make bench-peers`` does both):
+
+    .venv/bin/python bench/peers.py                       # every system, 3 runs
+    .venv/bin/python bench/peers.py --systems herald,file --quick
 
 Systems (columns), each driven by its own documented fast path, each workload in its
 own client process like Herald's:
@@ -49,9 +55,8 @@ from typing import Any
 
 import msgspec
 
-from ..model import Event
-from . import herald_server, machine_description, write_section
-from .workloads import (
+from herald.bench import herald_server, machine_description, write_section
+from herald.bench.workloads import (
     BATCH,
     PAYLOAD_BYTES,
     W1_IN_FLIGHT,
@@ -65,8 +70,9 @@ from .workloads import (
     run_parallel,
     w4_batch,
 )
+from herald.model import Event
 
-__all__ = ["run_peers", "SYSTEMS", "Settings"]
+__all__ = ["run_peers", "main", "build_parser", "SYSTEMS", "Settings"]
 
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -786,7 +792,7 @@ def _recv_exactly_into(sock: ssl.SSLSocket, target: bytearray) -> None:
 
 def tls_server(tls_dir: str, ready: Any, stop: Any) -> None:
     """A TLS server with Herald's server context; one thread per connection."""
-    from ..server.tls import server_context
+    from herald.server.tls import server_context
 
     context = server_context(Path(tls_dir) / "server.pem", Path(tls_dir) / "server.key")
     listener = socket.create_server(("127.0.0.1", 0))
@@ -811,7 +817,7 @@ def tls_server(tls_dir: str, ready: Any, stop: Any) -> None:
 
 
 def _tls_connect(port: int, ca: str) -> ssl.SSLSocket:
-    from ..client import client_context
+    from herald.client import client_context
 
     raw = socket.create_connection(("127.0.0.1", port))
     raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -1078,7 +1084,7 @@ def _run_system(system: str, settings: Settings, events: int, workloads: set[str
 
 def _run_tls(events: int, workloads: set[str], w4_seconds: float,
              record: Callable[[str, dict[str, float]], None]) -> None:
-    from ..certs import ensure_server_tls
+    from herald.certs import ensure_server_tls
 
     directory = tempfile.mkdtemp(prefix="herald-peers-tls-")
     ctx = multiprocessing.get_context("spawn")
@@ -1129,9 +1135,42 @@ def unavailable(system: str, settings: Settings) -> str | None:
 # --- the run and the report ------------------------------------------------------------
 
 
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="bench/peers.py",
+        description="W1–W4 against Herald and its peers (NATS JetStream, Redis Streams, "
+                    "a PostgreSQL table, a raw fdatasync'd file, loopback TLS), side by "
+                    "side; writes BENCH.md's Peers section. The services are expected at "
+                    "their default local addresses; one that is not reachable is "
+                    "reported as not run.")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, one run; with the default --output, the report "
+                             "is printed and BENCH.md is kept")
+    parser.add_argument("--runs", type=int, default=3, help="runs per workload (median taken)")
+    parser.add_argument("--events", type=int, default=1_000_000, help="events for W1-W3")
+    parser.add_argument("--output", default="BENCH.md", help="report file (BENCH.md)")
+    parser.add_argument("--workloads", default="W1,W2,W3,W4", help="comma-separated list")
+    parser.add_argument("--systems", default=",".join(SYSTEMS),
+                        help="comma-separated list of systems (" + ",".join(SYSTEMS) + ")")
+    parser.add_argument("--nats-url", default=DEFAULT_NATS_URL, help="NATS server")
+    parser.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help="Redis server")
+    parser.add_argument("--postgres-dsn", default=DEFAULT_POSTGRES_DSN,
+                        help="PostgreSQL database (created if missing)")
+    parser.add_argument("--w4-seconds", type=float, default=None,
+                        help=f"W4's duration (default {W4_SECONDS:.0f} s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    args.command = ("python bench/peers.py "
+                    + " ".join(sys.argv[1:] if argv is None else argv)).rstrip()
+    return run_peers(args)
+
+
 def run_peers(args: argparse.Namespace) -> int:
-    """``herald bench --peers``: every selected system, ``--runs`` times, interleaved
-    (run 1 of every system, then run 2…) so that a noisy minute hits them all."""
+    """Every selected system, ``--runs`` times, interleaved (run 1 of every system,
+    then run 2…) so that a noisy minute hits them all."""
     workloads = {w.strip().upper() for w in args.workloads.split(",")}
     events = 20_000 if args.quick else args.events
     runs = 1 if args.quick else max(1, args.runs)
@@ -1154,8 +1193,7 @@ def run_peers(args: argparse.Namespace) -> int:
             print(f"run {run + 1}/{runs}: {TITLES[system]}", flush=True)
             _run_system(system, settings, events, workloads, w4_seconds, results,
                         lambda line: print(line, flush=True))
-    command = " ".join(["herald", "bench", *sys.argv[2:]]) if sys.argv[1:2] == ["bench"] \
-        else "herald bench --peers"
+    command = getattr(args, "command", None) or "python bench/peers.py"
     report = render_report(results, systems, events, runs, w4_seconds, command)
     if args.quick and args.output == "BENCH.md":  # a smoke test: print, keep BENCH.md
         print(report)
@@ -1313,3 +1351,7 @@ def render_report(results: Results, systems: list[str], events: int, runs: int,
         "for, not the server.",
     ]
     return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -14,7 +14,9 @@ the rate the producer can keep. Every second the server's resident memory (``VmR
 are sampled into a CSV; a plot goes to ``docs/soak.png`` and the verdict — computed
 from the samples after the warm-up — to BENCH.md's ``## Soak`` section.
 
-Run with ``python bench/soak.py`` (see ``--help``); not part of ``make test``.
+Run from a checkout (not part of the installed package), with the venv's Python and
+the ``bench`` extra (matplotlib): ``.venv/bin/python bench/soak.py`` (see ``--help``;
+``make soak`` runs both shapes); not part of ``make test``.
 """
 
 from __future__ import annotations
@@ -34,9 +36,9 @@ from typing import Any
 
 import msgspec
 
-from ..client import AsyncClient
-from . import herald_server, machine_description, write_section
-from .workloads import BATCH, W1_IN_FLIGHT, make_event, run_in_process
+from herald.bench import herald_server, machine_description, write_section
+from herald.bench.workloads import BATCH, W1_IN_FLIGHT, make_event, run_in_process
+from herald.client import AsyncClient
 
 __all__ = ["main", "analyse", "Sample", "Verdict"]
 
@@ -125,8 +127,8 @@ def _subscribers(url: str, token: str, ca: str, indices: list[int], counts: Any,
     async def follow_records(i: int, connected: asyncio.Event) -> dict[str, Any]:
         import aiohttp
 
-        from .. import codec
-        from ..client import client_context
+        from herald import codec
+        from herald.client import client_context
 
         expected = 0
         decoder = codec.RecordDecoder(verify=False)  # the bytes are compared instead

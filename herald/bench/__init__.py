@@ -1,14 +1,20 @@
-"""``herald bench``: W1–W4 against a real server over TLS, with durable acks.
+"""``herald bench``: Herald's own workloads against a real server over TLS, with
+durable acks — W1–W4 (``workloads.py``) on the files and postgres engines, and G1/G2,
+gathering from real databases (``gather.py``).
 
 The server is a real ``herald serve`` process on a fresh data directory (and, for
 ``--engine postgres``, a fresh schema in the ``--dsn`` database); every workload
 runs in its own process. Each workload runs ``--runs`` times (on a fresh server for
 W1/W2/W3 so that each run appends and reads the same amount), and the report gives
-the median with the spread. Results go to BENCH.md, a section per engine.
+the median with the spread. Results go to BENCH.md, a section per engine, and with
+``--json PATH`` every run and the medians to a JSON file too.
 
-With the postgres engine, the bound is measured too (``bench/postgres.py``): raw
-psycopg inserts and reads of the same events, for both table designs, and a
-section puts the engines and the bound side by side.
+The comparisons with other systems are not part of the package; they run from a
+checkout of the repository, in its ``bench/`` directory: ``bench/peers.py`` (NATS,
+Redis, a PostgreSQL table, a raw file, loopback TLS), ``bench/postgres.py`` (the
+PostgreSQL bound and the table design), ``bench/soak.py`` and ``bench/compare.py``
+(a commit against the working tree). They use this module's server, report and
+BENCH.md helpers.
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -44,10 +50,14 @@ from .workloads import (
     run_parallel,
 )
 
-__all__ = ["run_bench", "herald_server", "machine_description", "engine_server"]
+__all__ = ["run_bench", "run_engines", "herald_server", "engine_server", "ensure_database",
+           "machine_description", "postgres_description", "render_report", "write_section",
+           "Measure", "JSON_FORMAT", "medians", "write_json"]
 
 TARGETS = {"W1": 500_000.0, "W2": 1_000_000.0, "W4": 10.0}
 DEFAULT_BENCH_DSN = "postgresql://postgres@127.0.0.1:5432/herald_bench"
+# The ``--json`` file's "format": raised when its layout changes incompatibly.
+JSON_FORMAT = 1
 
 
 @dataclass
@@ -122,8 +132,6 @@ def engine_server(engine: str, dsn: str | None = None) -> Iterator[Server]:
         raise SystemExit(f"herald bench: unknown engine {engine!r} (files, postgres)")
     import psycopg
 
-    from .postgres import ensure_database
-
     assert dsn is not None
     ensure_database(dsn)
     directory = Path(tempfile.mkdtemp(prefix="herald-bench-"))
@@ -139,6 +147,23 @@ def engine_server(engine: str, dsn: str | None = None) -> Iterator[Server]:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def ensure_database(dsn: str) -> None:
+    """Create the DSN's database if it does not exist (connecting to ``postgres``)."""
+    import psycopg
+    from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+    name = conninfo_to_dict(dsn).get("dbname")
+    if not name:
+        return
+    with psycopg.connect(make_conninfo(dsn, dbname="postgres"), autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            return
+        try:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        except psycopg.errors.DuplicateDatabase:
+            pass
 
 
 def postgres_description(dsn: str) -> str:
@@ -186,10 +211,6 @@ class Measure:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if getattr(args, "peers", False):
-        from .peers import run_peers
-
-        return run_peers(args)
     workloads = {w.strip().upper() for w in args.workloads.split(",")}
     gather = {w for w in workloads if w.startswith("G")}
     if gather:  # G1, G2: gathering, against real databases (herald/bench/gather.py)
@@ -204,21 +225,58 @@ def run_bench(args: argparse.Namespace) -> int:
     runs = 1 if args.quick else max(1, args.runs)
     dsn = args.dsn or os.environ.get("HERALD_STORAGE_DSN") or DEFAULT_BENCH_DSN
     command = " ".join(["herald", "bench", *sys.argv[2:]])
+
+    def emit(title: str, report: str) -> None:
+        _emit(args, title, report)
+
+    measured = run_engines(engines, dsn, workloads, events, runs, command, emit)
+    if getattr(args, "json", None):
+        write_json(Path(args.json), measured, events, runs, command)
+        print(f"wrote the medians to {args.json}")
+    return 0
+
+
+def run_engines(engines: list[str], dsn: str, workloads: set[str], events: int, runs: int,
+                command: str, emit: Callable[[str, str], None]) -> dict[str, dict[str, Measure]]:
+    """W1–W4 on each engine in turn; each engine's section goes to ``emit(title,
+    report)`` as soon as it is measured. Returns the measures, by engine and workload."""
     measured: dict[str, dict[str, Measure]] = {}
     for engine in engines:
         print(f"engine {engine}", flush=True)
         measured[engine] = results = _run_engine(engine, dsn, workloads, events, runs)
         notes = [postgres_description(dsn)] if engine == "postgres" else []
-        report = render_report(results, events, runs, command, engine, notes)
-        _emit(args, f"{engine} engine: W1–W4", report)
-    if "postgres" in engines and not args.skip_bound:
-        from .postgres import run_bound
+        emit(f"{engine} engine: W1–W4",
+             render_report(results, events, runs, command, engine, notes))
+    return measured
 
-        bound = run_bound(dsn, events, lambda line: print(line, flush=True))
-        _emit(args, "postgres engine: next to files and the PostgreSQL bound",
-              render_comparison(measured, bound, events, command, postgres_description(dsn)))
-        _emit(args, "postgres engine: table design", render_design(bound, events))
-    return 0
+
+def medians(measure: Measure) -> dict[str, float]:
+    """The median of every figure the runs of ``measure`` recorded."""
+    keys = sorted({key for run in measure.runs for key in run})
+    return {key: statistics.median(r[key] for r in measure.runs if key in r) for key in keys}
+
+
+def write_json(path: Path, measured: dict[str, dict[str, Measure]], events: int, runs: int,
+               command: str) -> None:
+    """Every run's figures and their medians, by engine and workload (``W2d``: W2 with
+    every event's data decoded), for scripts such as ``bench/compare.py``."""
+    from ..version import __version__
+
+    document = {
+        "format": JSON_FORMAT,
+        "herald": __version__,
+        "measured": f"{datetime.now(UTC):%Y-%m-%dT%H:%M:%SZ}",
+        "machine": machine_description(),
+        "command": command,
+        "events": events,
+        "runs": runs,
+        "engines": {
+            engine: {name: {"median": medians(m), "runs": m.runs}
+                     for name, m in results.items() if m.runs}
+            for engine, results in measured.items()
+        },
+    }
+    path.write_text(json.dumps(document, indent=2) + "\n")
 
 
 def _emit(args: argparse.Namespace, title: str, report: str) -> None:
@@ -314,106 +372,6 @@ def render_report(results: dict[str, Measure], events: int, runs: int, command: 
                      f"p99 **{p99:.2f} ms**, max {mx:.2f} ms | p99 {w['W4'].spread('p99_ms')} ms | "
                      f"p99 ≤ 10 ms | {_verdict(p99 <= TARGETS['W4'])} |")
     return "\n".join(lines) + "\n"
-
-
-def _median(measure: Measure | None, key: str) -> float | None:
-    return measure.median(key) if measure is not None and measure.runs else None
-
-
-def _rate(value: float | None) -> str:
-    return f"{value:,.0f} events/s" if value is not None else "—"
-
-
-def render_comparison(measured: dict[str, dict[str, Measure]],
-                      bound: dict[str, dict[str, float]], events: int, command: str,
-                      database: str) -> str:
-    """The engines side by side, and the database's own bound for the same work."""
-    files, pg = measured.get("files", {}), measured.get("postgres", {})
-    copy_batch, copy_event = bound.get("batch/copy", {}), bound.get("event/copy", {})
-    insert_event = bound.get("event/insert", {})
-
-    def w4(m: dict[str, Measure]) -> str:
-        p50, p99 = _median(m.get("W4"), "p50_ms"), _median(m.get("W4"), "p99_ms")
-        return f"p50 {p50:.2f} ms, p99 {p99:.2f} ms" if p50 is not None and p99 else "—"
-
-    w3 = {name: _median(m.get("W3"), "rate") for name, m in measured.items()}
-    lines = [
-        f"Measured {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {machine_description()}; "
-        f"{database}. Command: `{command}`; {events:,} events. The engines' figures are "
-        "the medians of the sections above (Herald over HTTPS, the Python client); the "
-        "bound is raw psycopg on the same database with the same events: "
-        f"{W1_IN_FLIGHT} connections, a COMMIT per batch of {BATCH:,} (a durable ack per "
-        "batch, as W1), no HTTP, no TLS, no Herald (see `herald/bench/postgres.py`)."
-        + ("" if files else " Run both engines in one command (`--engine files,postgres`) "
-           "for the files column."),
-        "",
-        "| workload | files engine | postgres engine | PostgreSQL bound |",
-        "|---|---|---|---|",
-        f"| W1 append | {_rate(_median(files.get('W1'), 'rate'))} | "
-        f"**{_rate(_median(pg.get('W1'), 'rate'))}** | COPY, row per batch: "
-        f"{_rate(copy_batch.get('append_rate'))}; COPY, row per event: "
-        f"{_rate(copy_event.get('append_rate'))}; executemany, row per event: "
-        f"{_rate(insert_event.get('append_rate'))} |",
-        f"| W2 catch-up read | {_rate(_median(files.get('W2'), 'rate'))} | "
-        f"**{_rate(_median(pg.get('W2'), 'rate'))}** | SELECT, row per batch: "
-        f"{_rate(copy_batch.get('read_rate'))}; row per event: "
-        f"{_rate(copy_event.get('read_rate'))} |",
-        f"| W3 four readers (total) | {_rate(w3.get('files'))} | "
-        f"**{_rate(w3.get('postgres'))}** | — |",
-        f"| W4 latency at {W4_RATE:,} events/s | {w4(files)} | **{w4(pg)}** | — |",
-    ]
-    return "\n".join(lines) + "\n"
-
-
-def render_design(bound: dict[str, dict[str, float]], events: int) -> str:
-    """Row per batch against row per event, measured the same way."""
-    rows = []
-    for key, label in (("batch", "row per batch, lz4 (the engine's table)"),
-                       ("batch-uncompressed", "row per batch, uncompressed"),
-                       ("batch-pglz", "row per batch, pglz"),
-                       ("event", "row per event")):
-        copy, insert = bound.get(f"{key}/copy", {}), bound.get(f"{key}/insert", {})
-        if not copy:
-            continue
-        size = copy.get("bytes")
-        rows.append(f"| {label} | {_rate(copy.get('append_rate'))} | "
-                    f"{_rate(insert.get('append_rate'))} | {_rate(copy.get('read_rate'))} | "
-                    + (f"{size / 1e6:,.1f} MB |" if size else "— |"))
-    return "\n".join([
-        f"{events:,} events of ~{PAYLOAD_BYTES} bytes in batches of {BATCH:,}, raw psycopg "
-        f"(figures from the bound above). Appends: {W1_IN_FLIGHT} connections, a COMMIT "
-        "per batch; \"INSERT\" is one INSERT of the record for a row per batch and "
-        "`executemany` of the batch's rows for a row per event. Reads: one connection, "
-        "the stream in position order in ~1 MiB pages, producing records (for rows per "
-        "event: the events of each batch joined back into a record body). Size: "
-        "`pg_total_relation_size` after the COPY run. The benchmark's events repeat "
-        "themselves more than real ones do, so compression gains more here than it will "
-        "on real payloads.",
-        "",
-        "| design | append, COPY | append, INSERT | read | size |",
-        "|---|---|---|---|---|",
-        *rows,
-        "",
-        _design_verdict(bound),
-    ]) + "\n"
-
-
-def _design_verdict(bound: dict[str, dict[str, float]]) -> str:
-    batch, event = bound.get("batch/copy", {}), bound.get("event/copy", {})
-    keys = ("append_rate", "read_rate")
-    if not all(k in batch and k in event for k in keys):
-        return "Not all figures were measured; no verdict."
-    append = batch["append_rate"] / event["append_rate"]
-    read = batch["read_rate"] / event["read_rate"]
-    if append >= 1 and read >= 1:
-        return (f"A row per batch appends {append:.1f}x and reads {read:.1f}x as fast as a row "
-                "per event: the database does its per-row work (tuple header, index entry, "
-                "WAL record) once per batch instead of once per event, and a read hands out "
-                "the stored record without touching its events. What a row per event would "
-                "buy — SQL over single events — Herald does not offer. The engine stores a "
-                "row per batch.")
-    return (f"Measured: row per batch / row per event = {append:.2f}x on appends, {read:.2f}x "
-            "on reads. The engine stores a row per batch; these figures say to revisit that.")
 
 
 def _verdict(ok: bool) -> str:

@@ -1,4 +1,4 @@
-"""``herald bench --peers`` at tiny sizes, against the real services, so it does not
+"""``bench/peers.py`` at tiny sizes, against the real services, so it does not
 rot. Figures are not checked: performance is measured by the benchmark itself."""
 
 from __future__ import annotations
@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from herald.bench.peers import SYSTEMS, TITLES, run_peers
-from herald.cli import build_parser
+from bench.peers import SYSTEMS, TITLES, build_parser, run_peers
 
 from ..conftest import require_service
 
@@ -18,9 +17,8 @@ SERVICES = {"nats": 4222, "redis": 6379, "postgres": 5432}
 def bench(tmp_path: Path, *options: str) -> str:
     output = tmp_path / "BENCH.md"
     output.write_text("# Herald benchmarks\n\n## Other\n\nkept\n")
-    args = build_parser().parse_args(["bench", "--peers", "--events", "2000", "--runs", "1",
-                                      "--w4-seconds", "0.5", "--output", str(output),
-                                      *options])
+    args = build_parser().parse_args(["--events", "2000", "--runs", "1", "--w4-seconds", "0.5",
+                                      "--output", str(output), *options])
     assert run_peers(args) == 0
     text = output.read_text()
     assert "## Other\n\nkept\n" in text  # the other sections stay

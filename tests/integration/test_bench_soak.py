@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from herald.bench.soak import main
+from bench.soak import main
 
 
 @pytest.mark.slow

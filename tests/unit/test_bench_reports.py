@@ -2,10 +2,24 @@
 
 from __future__ import annotations
 
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
 import pytest
 
-from herald.bench.peers import Results, render_report
-from herald.bench.soak import Sample, analyse
+from bench.compare import (
+    Samples,
+    Side,
+    bench_arguments,
+    help_options,
+    parse_progress,
+    read_json,
+    render_section,
+)
+from bench.peers import Results, render_report
+from bench.soak import Sample, analyse
+from herald.bench import Measure, write_json
 
 
 def samples(rss: list[float], fds: list[int], warmup: int = 5) -> list[Sample]:
@@ -99,8 +113,109 @@ def test_peers_report_shows_the_servers_cpu_where_it_was_measured() -> None:
 def test_tree_cpu_counts_this_process() -> None:
     import os
 
-    from herald.bench.peers import _tree_cpu
+    from bench.peers import _tree_cpu
 
     before = _tree_cpu(os.getpid())
     sum(i * i for i in range(300_000))
     assert _tree_cpu(os.getpid()) >= before > 0
+
+
+# --- bench/compare.py ------------------------------------------------------------------
+
+# What `herald bench --runs 1 --workloads W1,W2,W4 --engine files,postgres` printed at the
+# commit before --json (9c37953), the postgres bound included: the before side of a
+# comparison is read from these lines.
+OLD_PROGRESS = """\
+engine files
+run 1/1 W1 append: 508,341 events/s
+run 1/1 W2 read: 1,006,083 events/s
+run 1/1 W2 read, every event's data decoded: 555,014 events/s
+run 1/1 W4 latency: p50 2.53 ms, p99 3.77 ms, max 9.57 ms
+wrote 'files engine: W1–W4' to /tmp/x/before 1-3.md
+engine postgres
+run 1/1 W1 append: 351,940 events/s
+run 1/1 W2 read: 882,417 events/s
+run 1/1 W2 read, every event's data decoded: 544,339 events/s
+run 1/1 W4 latency: p50 3.00 ms, p99 4.42 ms, max 8.72 ms
+wrote 'postgres engine: W1–W4' to /tmp/x/before 1-3.md
+bound batch, copy: 1,044,048 events/s appended
+bound batch, read: 1,552,999 events/s, 20.9 MB on disk
+"""
+
+
+def test_compare_reads_an_older_herald_bench_s_progress_lines() -> None:
+    runs = parse_progress(OLD_PROGRESS)
+    assert set(runs) == {"files", "postgres"}
+    assert runs["files"] == {
+        "W1": [{"rate": 508341.0}], "W2": [{"rate": 1006083.0}], "W2d": [{"rate": 555014.0}],
+        "W4": [{"p50_ms": 2.53, "p99_ms": 3.77, "max_ms": 9.57}]}
+    assert runs["postgres"]["W4"] == [{"p50_ms": 3.0, "p99_ms": 4.42, "max_ms": 8.72}]
+    assert parse_progress("herald serve exited\n") == {}
+
+
+def test_compare_reads_what_herald_bench_json_writes(tmp_path: Path) -> None:
+    w1, w4, w3 = Measure("W1"), Measure("W4"), Measure("W3")
+    w1.runs += [{"events": 1000.0, "seconds": 0.5, "rate": 2000.0},
+                {"events": 1000.0, "seconds": 0.25, "rate": 4000.0},
+                {"events": 1000.0, "seconds": 1.0, "rate": 1000.0}]
+    w4.runs.append({"events": 10.0, "p50_ms": 1.5, "p99_ms": 2.5, "max_ms": 3.0})
+    path = tmp_path / "bench.json"
+    write_json(path, {"files": {"W1": w1, "W4": w4, "W3": w3}}, 1000, 3, "herald bench")
+    document = json.loads(path.read_text())
+    assert document["engines"]["files"]["W1"]["median"] == {
+        "events": 1000.0, "seconds": 0.5, "rate": 2000.0}
+    assert "W3" not in document["engines"]["files"]  # not run: left out
+    assert read_json(path) == {"files": {"W1": w1.runs, "W4": w4.runs}}
+    document["format"] = 2
+    path.write_text(json.dumps(document))
+    with pytest.raises(ValueError, match="unknown herald bench --json format"):
+        read_json(path)
+
+
+def test_compare_passes_each_side_the_options_its_herald_bench_has() -> None:
+    old_help = ("usage: herald bench [-h] [--quick] [--runs RUNS] [--engine ENGINE]\n"
+                "  --dsn DSN   postgres: the database\n  --skip-bound  postgres: skip\n"
+                "  --peers  run the workloads against (NATS, --systems)")
+    old = Side("before", Path("/tmp"), "", help_options(old_help))
+    assert {"--runs", "--engine", "--dsn", "--skip-bound", "--peers", "--systems"} \
+        <= old.options
+    assert "--json" not in old.options
+    assert bench_arguments(old, ["files", "postgres"], ["W1", "W2", "W4"], 1000, "pg://x") == [
+        "--runs", "1", "--events", "1000", "--workloads", "W1,W2,W4",
+        "--engine", "files,postgres", "--dsn", "pg://x", "--skip-bound"]
+    new = Side("after", Path("/tmp"), "", {"--runs", "--engine", "--dsn", "--json"})
+    assert bench_arguments(new, ["files"], ["W1"], 1000, "pg://x") == [
+        "--runs", "1", "--events", "1000", "--workloads", "W1", "--engine", "files"]
+    ancient = Side("before", Path("/tmp"), "", {"--runs"})
+    assert "--engine" not in bench_arguments(ancient, ["files"], ["W1"], 1000, "pg://x")
+    with pytest.raises(SystemExit, match="no --engine"):
+        bench_arguments(ancient, ["postgres"], ["W1"], 1000, "pg://x")
+
+
+def test_compare_section_medians_ranges_and_ratios() -> None:
+    samples = Samples()
+    for before, after in ((400.0, 600.0), (500.0, 450.0), (450.0, 500.0)):
+        samples.add("before", {"files": {"W1": [{"rate": before}],
+                                         "W4": [{"p50_ms": 2.0, "p99_ms": 4.0}]}}, {"W1", "W4"})
+        samples.add("after", {"files": {"W1": [{"rate": after}],
+                                        "W4": [{"p50_ms": 1.0, "p99_ms": 3.0}]}}, {"W1", "W4"})
+    # W1's line is printed when only W2 is asked for; only what was asked is compared.
+    samples.add("before", {"postgres": {"W1": [{"rate": 1.0}], "W2": [{"rate": 900.0}],
+                                        "W2d": [{"rate": 300.0}]}}, {"W2"})
+    samples.add("after", {"postgres": {"W2": [{"rate": 1800.0}]}}, {"W2"})
+    section = render_section(
+        samples, ["files", "postgres"], machine="a machine", command="python bench/compare.py",
+        bench_command="herald bench --runs 1", before_command="herald bench --runs 1 --skip-bound",
+        before="`abc1234` (subject)", after="the working tree", rounds=3,
+        when=datetime(2026, 1, 2, 3, 4, tzinfo=UTC))
+    assert section.startswith("Measured 2026-01-02 03:04 UTC on a machine.\n")
+    assert "The after side ran `herald bench --runs 1`, the before side " \
+           "`herald bench --runs 1 --skip-bound`," in section
+    assert "| W1 append, events/s | files | **450** (400–500) | **500** (450–600) | 1.11× |" \
+        in section
+    assert "| W4 latency p99, ms | files | **4.00** (4.00–4.00) | **3.00** (3.00–3.00) | " \
+           "0.75× |" in section
+    assert "| W2 catch-up read, events/s | postgres | **900** | **1,800** | 2.00× |" in section
+    assert "| W2 catch-up read, data used, events/s | postgres | **300** | — | — |" in section
+    assert "| W1 append, events/s | postgres |" not in section
+    assert "| W2 catch-up read, events/s | files |" not in section
