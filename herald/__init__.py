@@ -3,11 +3,10 @@
 The public surface is what this module exports; everything else is internal.
 """
 
-__version__ = "0.1.0"
-
 from .client import AsyncClient, AsyncSubscription, Client, ReadResult, Subscription
 from .errors import (
     ClientError,
+    ConfigError,
     Conflict,
     CorruptRecord,
     EmptyBatch,
@@ -23,6 +22,7 @@ from .errors import (
     ServerError,
     SourceError,
     SourceUnavailable,
+    StorageError,
     StorageFull,
     StorageUnavailable,
     TooLarge,
@@ -31,6 +31,7 @@ from .errors import (
     UnmappableRow,
 )
 from .model import AppendResult, Duplicate, Event, Limits, StreamInfo
+from .version import __version__
 
 __all__ = [
     "__version__",
@@ -60,7 +61,9 @@ __all__ = [
     "TooLarge",
     "RateLimited",
     "RequestTimeout",
+    "ConfigError",
     "ServerError",
+    "StorageError",
     "CorruptRecord",
     "StorageFull",
     "StorageUnavailable",

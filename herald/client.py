@@ -63,6 +63,7 @@ import msgspec
 from . import codec
 from .errors import (
     ClientError,
+    CorruptRecord,
     HeraldError,
     ProtocolError,
     ServerError,
@@ -74,8 +75,6 @@ from .model import (
     AppendResult,
     Event,
     StreamInfo,
-    id_suffixes,
-    time_from_us,
     validate_stream_name,
 )
 
@@ -105,13 +104,6 @@ class ReadResult(msgspec.Struct):
     events: list[Event]
     next: int
     head: int
-
-
-class _WireBatch(msgspec.Struct, gc=False):
-    """A record body as the client decodes it: straight into public Events."""
-
-    p: str
-    e: list[Event]
 
 
 class _Page(msgspec.Struct):
@@ -168,32 +160,18 @@ def _node_urls(url: str | Sequence[str]) -> list[str]:
     return urls
 
 
-_batch_decoder = msgspec.json.Decoder(_WireBatch)
 _page_decoder = msgspec.json.Decoder(_Page)
 _encoder = msgspec.json.Encoder()
 
 
 def events_from_record(record: codec.Record, start: int = 0) -> list[Event]:
-    """The events of a record at positions ≥ ``start``.
-
-    msgspec builds the Event objects; this loop only fills in what the record holds
-    once per batch (position, time, the ids Herald assigned).
-    """
+    """The events of a record at positions ≥ ``start`` (``codec.events_of``, the one
+    place a record becomes events); a record that does not decode is the server's
+    answer not being understood: ProtocolError."""
     try:
-        batch = _batch_decoder.decode(record.body)
-    except msgspec.MsgspecError as exc:
-        raise ProtocolError(f"record at position {record.base} does not decode: {exc}") from exc
-    events, prefix = batch.e, batch.p
-    time = time_from_us(record.time_us)
-    suffixes = id_suffixes(len(events))
-    base = record.base
-    for i, event in enumerate(events):
-        event.position = base + i
-        event.time = time
-        if not event.id:
-            event.id = prefix + suffixes[i]
-    skip = start - base
-    return events[skip:] if skip > 0 else events
+        return codec.events_of(record, start)
+    except CorruptRecord as exc:
+        raise ProtocolError(exc.message) from exc
 
 
 def client_context(

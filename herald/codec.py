@@ -38,7 +38,7 @@ from dataclasses import dataclass
 import msgspec
 
 from .errors import CorruptRecord, EmptyBatch, InvalidRequest, TooLarge
-from .model import Batch, Limits, NewEvent, StoredBatch
+from .model import Batch, Event, Limits, NewEvent, StoredBatch, id_suffixes, time_from_us
 
 __all__ = [
     "HEADER",
@@ -54,6 +54,7 @@ __all__ = [
     "encode_batch",
     "encode_heartbeat",
     "encode_record",
+    "events_of",
     "parse_records",
 ]
 
@@ -185,6 +186,16 @@ class RecordDecoder:
 
 _encoder = msgspec.json.Encoder()
 _batch_decoder = msgspec.json.Decoder(StoredBatch)
+
+
+class _EventsBody(msgspec.Struct, gc=False):
+    """A record body decoded straight into public Events (see events_of)."""
+
+    p: str
+    e: list[Event]
+
+
+_events_decoder = msgspec.json.Decoder(_EventsBody)
 _append_decoder = msgspec.json.Decoder(list[NewEvent])
 
 
@@ -206,6 +217,38 @@ def decode_batch(body: bytes | memoryview) -> StoredBatch:
     # RecursionError for deep nesting; neither is a MsgspecError.
     except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:
         raise CorruptRecord(f"record body does not decode: {exc}") from exc
+
+
+def events_of(record: Record, start: int = 0, limit: int | None = None) -> list[Event]:
+    """The events of ``record`` at positions ≥ ``start`` (at most ``limit``).
+
+    The one place a record becomes events: the server renders them (JSON, SSE), the
+    client hands them to subscribers, the gatherers read their own last events.
+    msgspec builds the Event objects; this loop only fills in what the record holds
+    once per batch (positions, the time, the ids Herald assigned). ``data`` stays
+    raw JSON until someone reads ``Event.data``. Raises CorruptRecord if the body
+    does not decode.
+    """
+    try:
+        events = _events_decoder.decode(record.body)
+    except (msgspec.MsgspecError, UnicodeDecodeError, RecursionError) as exc:
+        raise CorruptRecord(f"record at position {record.base} does not decode: {exc}",
+                            first=record.base) from exc
+    stored, prefix = events.e, events.p
+    time = time_from_us(record.time_us)
+    suffixes = id_suffixes(len(stored))
+    base = record.base
+    for i, event in enumerate(stored):
+        event.position = base + i
+        event.time = time
+        if not event.id:
+            event.id = prefix + suffixes[i]
+    skip = start - base
+    if skip > 0:
+        stored = stored[skip:]
+    if limit is not None and len(stored) > limit:
+        del stored[limit:]
+    return stored
 
 
 def decode_append(body: bytes, limits: Limits) -> Batch:

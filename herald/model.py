@@ -145,20 +145,22 @@ class Batch(msgspec.Struct):
         return [(i, e.id) for i, e in enumerate(self.events) if e.id is not msgspec.UNSET]
 
 
-class Event(msgspec.Struct, gc=False):
-    """An event as a subscriber receives it.
+class Event(msgspec.Struct, kw_only=True, gc=False):
+    """An event as a subscriber receives it, on the server and in the client.
 
     ``data`` is decoded from JSON when first accessed, then kept: a subscriber that
-    filters on ``type`` never pays for the payloads it skips. Decoded directly from
-    the wire by msgspec; ``position``, ``time`` and derived ids are filled in per
-    batch by the client.
+    filters on ``type`` never pays for the payloads it skips (and the server, which
+    encodes ``raw`` back as it is, never decodes it). Decoded directly from a record
+    body or from the wire by msgspec; ``position``, ``time`` and derived ids are
+    filled in per batch (codec.events_of). Encoded by msgspec, it is the JSON form of
+    the read API: ``{"position", "id", "type", "data", "meta", "time"}``.
     """
 
+    position: int = -1
+    id: str = ""
     type: str
     raw: msgspec.Raw = msgspec.field(name="data")
-    id: str = ""
     meta: dict[str, str] = {}
-    position: int = -1
     time: datetime = _EPOCH
     _data: Any = msgspec.UNSET
 

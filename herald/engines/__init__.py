@@ -21,6 +21,7 @@ __all__ = ["ENGINES", "create_engine"]
 # only when it is configured.
 ENGINES: dict[str, str] = {
     "files": "herald.engines.files:FilesEngine",
+    "memory": "herald.engines.memory:MemoryEngine",
     "postgres": "herald.engines.postgres:PostgresEngine",
 }
 

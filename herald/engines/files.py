@@ -7,15 +7,17 @@ Layout under the data directory::
     checkpoints/<name>                                 one small file per checkpoint
     herald.lock                                        one process at a time
 
-**Appends** are checked and given positions on the event loop, then queued. One
-commit task drains the queue: it writes every queued record to its segment and
-fsyncs each touched segment once, in a worker thread, while new appends queue up
-behind it — group commit. An append is answered only after its fsync returned.
+**Writes** (the records the hub placed: ``Engine.write``) are queued. One commit
+task drains the queue: it writes every queued record to its segment and fsyncs each
+touched segment once, in a worker thread, while new writes queue up behind it —
+group commit across streams. A write is answered only after its fsync returned. A
+failure between two segments (a full disk at a roll) answers ``PartlyWritten``:
+the records before it are durable, the rest are not written.
 
-**Reads** see only durable records. A recent-records cache per stream serves live
-subscribers from memory; older positions are found with the sparse index (an entry
-per ~4 KiB of log: bisect, then scan at most one interval) and read with ``pread``,
-in a thread when the read is large.
+**Reads** see only durable records. Older positions are found with the sparse index
+(an entry per ~4 KiB of log: bisect, then scan at most one interval) and read with
+``pread``, in a thread when the read is large. (Live readers are served from the
+hub's tail cache and rarely get here.)
 
 **Recovery** on open: the index is checked against its segment and cut where it
 points past the log; the last segment is scanned from its last index entry and a
@@ -36,7 +38,7 @@ import os
 import re
 import struct
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -47,29 +49,26 @@ from .. import codec
 from ..codec import HEADER_SIZE, Record
 from ..errors import (
     CorruptRecord,
-    ExpectedHeadMismatch,
     HeraldError,
-    InvalidRequest,
     ServerError,
     StorageFull,
     StorageUnavailable,
 )
-from ..model import (
-    AppendResult,
-    Batch,
-    Duplicate,
-    Limits,
-    StreamInfo,
-    new_id_prefix,
-    now_us,
-    validate_stream_name,
+from ..model import StreamInfo, validate_stream_name
+from ..placement import StreamState
+from .base import (
+    READ_CHUNK_BYTES,
+    Checkpoint,
+    CheckpointConflict,
+    Engine,
+    HeadMoved,
+    PartlyWritten,
+    Write,
+    validate_checkpoint_name,
 )
-from .base import READ_CHUNK_BYTES, Engine
-from .tail import TailCache
 
 if TYPE_CHECKING:
     from ..config import Config
-from .dedup import DedupWindow, deduplicate
 
 __all__ = ["FilesConfig", "FilesEngine", "check_data_dir", "CheckReport", "Damage"]
 
@@ -88,7 +87,6 @@ INLINE_READ_BYTES = 64 * 1024
 
 _INDEX_ENTRY = struct.Struct("<QQ")
 _SEGMENT_NAME = re.compile(r"(\d{20})\.log")
-_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
 
 class _IdOnly(msgspec.Struct):
@@ -198,30 +196,21 @@ class _Stream:
     dir: Path
     segments: list[_Segment] = field(default_factory=list)
     head: int = 0  # durable head: what readers may see
-    next: int = 0  # head counting accepted, not yet durable appends
+    next: int = 0  # head counting queued, not yet durable writes
     last_time: int = 0
     bytes: int = 0
-    window: DedupWindow | None = None
-    window_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    changed: asyncio.Future[None] | None = None
     damaged: CorruptRecord | None = None
     failed: HeraldError | None = None  # a write failed and could not be undone
     writer: _Writer | None = None
     roll_due: bool = False  # the last segment is sealed: the next record starts a new one
 
-    def notify(self) -> None:
-        if self.changed is not None and not self.changed.done():
-            self.changed.set_result(None)
-        self.changed = None
-
 
 @dataclass
 class _Pending:
+    """One write: a stream's records, written in order, answered together."""
+
     stream: _Stream
-    record: bytes
-    base: int
-    count: int
-    time_us: int
+    records: list[Record]
     future: asyncio.Future[None]
 
 
@@ -499,13 +488,12 @@ class _UntrustedEntry(Exception):
 class FilesEngine(Engine):
     name = "files"
 
-    def __init__(self, config: FilesConfig, limits: Limits | None = None) -> None:
+    def __init__(self, config: FilesConfig) -> None:
         self.config = config
-        self.limits = limits or Limits()
         self.root = Path(config.data_dir)
         self._streams: dict[str, _Stream] = {}
-        self._tail = TailCache()  # recent records, so live readers skip the disk
         self._queue: list[_Pending] = []
+        self._checkpoint_lock = asyncio.Lock()
         self._wakeup: asyncio.Event | None = None
         self._committer: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
@@ -513,7 +501,7 @@ class FilesEngine(Engine):
 
     @classmethod
     def from_config(cls, config: Config) -> FilesEngine:
-        return cls(FilesConfig(config.data, config.storage.segment_bytes), config.limits)
+        return cls(FilesConfig(config.data, config.storage.segment_bytes))
 
     # lifecycle
 
@@ -700,7 +688,7 @@ class FilesEngine(Engine):
                 os.close(fd)
         return 0
 
-    # appends
+    # appends: the hub places, the engine writes
 
     def _stream(self, name: str) -> _Stream:
         stream = self._streams.get(name)
@@ -710,82 +698,52 @@ class FilesEngine(Engine):
             self._streams[name] = stream
         return stream
 
-    async def append(
-        self, stream: str, batch: Batch, expected_head: int | None = None
-    ) -> AppendResult:
+    def _writable(self, st: _Stream) -> None:
         if self._committer is None or self._closing:
             raise StorageUnavailable("the files engine is not open")
-        if not batch.events:
-            raise InvalidRequest("a batch needs at least one event", code="empty_batch")
-        st = self._stream(stream)
-        if st.window is None:
-            await self._load_window(st)
-        window = st.window
-        assert window is not None
         if st.damaged is not None:
             raise st.damaged
         if st.failed is not None:
             raise st.failed
 
-        # From here to the queueing there is no await: the checks, the positions and
-        # the dedup window change together, as one step of the event loop.
-        original = batch
-        supplied = batch.supplied_ids()
-        duplicates: list[Duplicate] = []
-        if supplied:
-            batch, supplied, duplicates = deduplicate(window, batch, supplied)
-            if not batch.events:
-                # Every event is already in the stream: a retried append. Answer as
-                # the first attempt was answered, once those events are durable.
-                last = max(d.position for d in duplicates)
-                while st.head <= last:
-                    await self.wait(stream, last, 1.0)
-                    if any(window.get(d.id) != d.position for d in duplicates):
-                        # The first attempt failed (its ids left the window): this is
-                        # no retry of a durable append but a new one. (Waiting on would
-                        # have answered with positions that other events took since.)
-                        return await self.append(stream, original, expected_head)
-                return AppendResult(first=duplicates[0].position, head=last + 1, appended=0,
-                                    duplicates=duplicates)
-        if expected_head is not None and expected_head != st.next:
-            raise ExpectedHeadMismatch(
-                f"stream {stream} has head {st.next}, not the expected {expected_head}",
-                head=st.next, expected=expected_head)
+    async def load(self, stream: str, window: int,
+                   ids: Collection[str] | None = None) -> StreamState:
+        """The durable head, the last time, and the supplied ids of the records that
+        end within the last ``window`` events (read from the tail of the log)."""
+        st = self._streams.get(stream)
+        if st is None:
+            validate_stream_name(stream)
+            return StreamState()
+        self._writable(st)
+        start = max(0, st.head - window)
+        try:
+            batches = await asyncio.to_thread(self._read_ids, st, start, st.head)
+        except CorruptRecord as exc:
+            # A retry of an event in the damaged record could not be recognized:
+            # appending could duplicate it. Refused, saying why.
+            raise CorruptRecord(
+                f"stream {st.name}: the dedup window cannot be rebuilt: {exc.message} "
+                f"Appends are refused while the damage lies within the last "
+                f"{window} events.", **exc.details) from exc
+        wanted = None if ids is None else set(ids)
+        known = {event_id: (position, end) for _first, end, pairs in batches
+                 for event_id, position in pairs if wanted is None or event_id in wanted}
+        return StreamState(st.head, st.last_time, known)
 
-        base = st.next
-        count = len(batch.events)
-        time_us = max(now_us(), st.last_time)  # a clock that jumps back reorders nothing
-        record = codec.encode_record(base, count, time_us,
-                                     codec.encode_batch(batch, new_id_prefix()))
-        st.next = base + count
-        st.last_time = time_us
-        window.add(base, base + count, [(event_id, base + i) for i, event_id in supplied])
+    async def write(self, stream: str, write: Write) -> None:
+        st = self._stream(stream)
+        self._writable(st)
+        if write.expected_head != st.next:
+            raise HeadMoved(st.next)
+        records = write.records
+        st.next = write.head
+        st.last_time = write.last_time
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(st, record, base, count, time_us, future))
+        self._queue.append(_Pending(st, records, future))
         assert self._wakeup is not None
         self._wakeup.set()
-        # The append happens whether or not the caller stays to hear about it.
+        # The write happens whether or not the caller stays to hear about it.
         await asyncio.shield(future)
-        return AppendResult(first=base, head=base + count, appended=count, duplicates=duplicates)
-
-    async def _load_window(self, st: _Stream) -> None:
-        async with st.window_lock:
-            if st.window is not None:
-                return
-            start = max(0, st.head - self.limits.dedup_window)
-            try:
-                batches = await asyncio.to_thread(self._read_ids, st, start, st.head)
-            except CorruptRecord as exc:
-                # A retry of an event in the damaged record could not be recognized:
-                # appending could duplicate it. Refused, saying why.
-                raise CorruptRecord(
-                    f"stream {st.name}: the dedup window cannot be rebuilt: {exc.message} "
-                    f"Appends are refused while the damage lies within the last "
-                    f"{self.limits.dedup_window} events.", **exc.details) from exc
-            window = DedupWindow(self.limits.dedup_window)
-            for first, end, ids in batches:
-                window.add(first, end, ids)
-            st.window = window
 
     def _read_ids(
         self, st: _Stream, start: int, stop: int
@@ -846,16 +804,16 @@ class FilesEngine(Engine):
             result = outcome[name] = _Outcome()
             unsynced: list[_Written] = []
             try:
-                for pending in items:
+                for record in (r for pending in items for r in pending.records):
                     if st.writer is None:
-                        st.writer = self._open_writer(st, pending.base)
-                    if self._needs_roll(st, len(pending.record)):
+                        st.writer = self._open_writer(st, record.base)
+                    if self._needs_roll(st, len(record.raw)):
                         self._seal(st)
                         # Durable now, whatever happens to the new segment.
                         result.written += unsynced
                         unsynced = []
-                        st.writer = self._create_segment(st, pending.base)
-                    unsynced.append(self._write_record(st, pending))
+                        st.writer = self._create_segment(st, record.base)
+                    unsynced.append(self._write_record(st, record))
                 assert st.writer is not None
                 st.writer.sync()
                 result.written += unsynced
@@ -890,10 +848,10 @@ class FilesEngine(Engine):
         os.close(writer.log_fd)
         os.close(writer.idx_fd)
 
-    def _write_record(self, st: _Stream, pending: _Pending) -> _Written:
+    def _write_record(self, st: _Stream, entry: Record) -> _Written:
         writer = st.writer
         assert writer is not None
-        record = pending.record
+        record = entry.raw
         offset = writer.size
         view = memoryview(record)
         done = 0
@@ -903,7 +861,7 @@ class FilesEngine(Engine):
         indexed = writer.since_index >= INDEX_INTERVAL_BYTES or offset == 0
         if indexed:
             writer.since_index = 0
-            writer.pending_index.append((pending.base, offset))
+            writer.pending_index.append((entry.base, offset))
         writer.since_index += len(record)
         return _Written(seg_base=writer.seg_base, offset=offset, indexed=indexed)
 
@@ -974,52 +932,53 @@ class FilesEngine(Engine):
         return error
 
     def _publish(self, group: list[_Pending], outcome: dict[str, _Outcome]) -> None:
-        """On the loop: make what the commit wrote visible, answer the appenders."""
+        """On the loop: make what the commit wrote visible, answer the writers."""
         cursor: dict[str, int] = {}
         for pending in group:
             st = pending.stream
             result = outcome[st.name]
-            n = cursor.get(st.name, 0)
-            if n >= len(result.written):
-                continue  # not durable: failed below
-            written = result.written[n]
-            cursor[st.name] = n + 1
-            if not st.segments or st.segments[-1].base != written.seg_base:
-                st.segments.append(_Segment(base=written.seg_base, end=written.seg_base,
-                                            path=st.dir / f"{_segment_name(written.seg_base)}.log"))
-            segment = st.segments[-1]
-            if written.indexed:
-                segment.index_pos.append(pending.base)
-                segment.index_off.append(written.offset)
-            size = len(pending.record)
-            segment.size = written.offset + size
-            segment.end = pending.base + pending.count
-            st.head = segment.end
-            st.bytes += size
-            self._tail.extend(st.name, [Record(pending.base, pending.count, pending.time_us,
-                                               pending.record)])
-            if not pending.future.done():
+            durable = 0
+            for record in pending.records:
+                n = cursor.get(st.name, 0)
+                if n >= len(result.written):
+                    break  # not durable: failed below
+                self._made_durable(st, record, result.written[n])
+                cursor[st.name] = n + 1
+                durable += 1
+            if pending.future.done():
+                continue
+            if durable == len(pending.records):
                 pending.future.set_result(None)
+            elif result.error is not None:
+                pending.future.set_exception(
+                    PartlyWritten(durable, result.error) if durable else result.error)
         for name, result in outcome.items():
-            st = self._streams[name]
-            if result.written:
-                st.notify()
             if result.error is not None:
-                self._fail_stream(st, group, result.error)
+                self._fail_stream(self._streams[name], result.error)
 
-    def _fail_stream(self, st: _Stream, group: list[_Pending], error: HeraldError) -> None:
-        """Fail the group's appends to ``st`` and those queued behind them: their
-        positions were given on the assumption that the failed ones would land."""
-        doomed = [p for p in group if p.stream is st and p.base >= st.head]
-        doomed += [p for p in self._queue if p.stream is st]
+    def _made_durable(self, st: _Stream, record: Record, written: _Written) -> None:
+        if not st.segments or st.segments[-1].base != written.seg_base:
+            st.segments.append(_Segment(base=written.seg_base, end=written.seg_base,
+                                        path=st.dir / f"{_segment_name(written.seg_base)}.log"))
+        segment = st.segments[-1]
+        if written.indexed:
+            segment.index_pos.append(record.base)
+            segment.index_off.append(written.offset)
+        size = len(record.raw)
+        segment.size = written.offset + size
+        segment.end = record.end
+        st.head = segment.end
+        st.bytes += size
+
+    def _fail_stream(self, st: _Stream, error: HeraldError) -> None:
+        """Fail the writes to ``st`` queued behind a failed one: they assumed it would
+        land. The stream's next write must start at its durable head again."""
+        doomed = [p for p in self._queue if p.stream is st]
         self._queue = [p for p in self._queue if p.stream is not st]
         for pending in doomed:
             if not pending.future.done():
                 pending.future.set_exception(error)
         st.next = st.head
-        if st.window is not None:
-            st.window.forget_from(st.head)
-        st.notify()  # retries waiting for the failed appends learn it now (see append)
 
     # reads
 
@@ -1032,10 +991,6 @@ class FilesEngine(Engine):
             return []
         if start >= st.head:
             return []
-        # Live subscribers: the recent records are in memory.
-        cached = self._tail.get(stream, start, max_bytes)
-        if cached is not None:
-            return cached
         segment = self._segment_for(st, start)
         if segment is None:
             return []
@@ -1145,23 +1100,11 @@ class FilesEngine(Engine):
             f"they are not served. Reads from position {last + 1} on still work.",
             stream=st.name, first=first, last=last)
 
-    # heads, waiting, listing
+    # heads, listing
 
     async def head(self, stream: str) -> int:
         st = self._streams.get(stream)
         return st.head if st is not None else 0
-
-    async def wait(self, stream: str, position: int, timeout: float) -> int:
-        st = self._stream(stream)
-        if st.head > position:
-            return st.head
-        if st.changed is None:
-            st.changed = asyncio.get_running_loop().create_future()
-        # asyncio.wait, not wait_for: on Python 3.11 wait_for can swallow a
-        # cancellation that arrives as the future completes (CPython gh-86296), which
-        # left a stopping task waiting forever. wait() never cancels the shared future.
-        await asyncio.wait((st.changed,), timeout=timeout)
-        return st.head
 
     async def streams(self) -> list[StreamInfo]:
         return [StreamInfo(name=s.name, head=s.head, bytes=s.bytes)
@@ -1177,35 +1120,56 @@ class FilesEngine(Engine):
     # checkpoints
 
     def _checkpoint_path(self, name: str) -> Path:
-        if not _CHECKPOINT_NAME.fullmatch(name) or name.startswith("."):
-            raise InvalidRequest(f"invalid checkpoint name {name!r}", code="invalid_parameter")
-        return self.root / "checkpoints" / name
+        return self.root / "checkpoints" / validate_checkpoint_name(name)
 
-    async def get_checkpoint(self, name: str) -> int | None:
-        path = self._checkpoint_path(name)
+    def _read_checkpoint(self, path: Path) -> Checkpoint | None:
+        """A checkpoint file holds ``value version`` (a file of an older Herald holds
+        only the value: version 1)."""
         try:
-            return int(path.read_text())
+            fields = path.read_text().split()
         except FileNotFoundError:
             return None
-
-    async def set_checkpoint(self, name: str, value: int) -> None:
-        path = self._checkpoint_path(name)
-
-        def write() -> None:
-            tmp = path.with_name(path.name + ".tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, str(value).encode())
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, path)
-            _fsync_dir(path.parent)
-
-        try:
-            await asyncio.to_thread(write)
         except OSError as exc:
-            raise _storage_error(exc, f"checkpoint {name}") from exc
+            raise _storage_error(exc, f"checkpoint {path.name}") from exc
+        try:
+            value = int(fields[0])
+            version = int(fields[1]) if len(fields) > 1 else 1
+        except (IndexError, ValueError) as exc:
+            raise CorruptRecord(f"checkpoint {path.name} does not hold a number",
+                                checkpoint=path.name) from exc
+        return Checkpoint(value, version)
+
+    async def get_checkpoint(self, name: str) -> Checkpoint | None:
+        return self._read_checkpoint(self._checkpoint_path(name))
+
+    async def set_checkpoint(self, name: str, value: int,
+                             expected_version: int | None = None) -> Checkpoint:
+        path = self._checkpoint_path(name)
+        # One process owns the data directory (herald.lock), so a lock in it makes
+        # the compare and the set one step.
+        async with self._checkpoint_lock:
+            current = self._read_checkpoint(path)
+            version = current.version if current is not None else 0
+            if expected_version is not None and expected_version != version:
+                raise CheckpointConflict(name, current)
+            checkpoint = Checkpoint(value, version + 1)
+
+            def write() -> None:
+                tmp = path.with_name(path.name + ".tmp")
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                try:
+                    os.write(fd, f"{value} {checkpoint.version}".encode())
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, path)
+                _fsync_dir(path.parent)
+
+            try:
+                await asyncio.to_thread(write)
+            except OSError as exc:
+                raise _storage_error(exc, f"checkpoint {name}") from exc
+            return checkpoint
 
 
 # --- herald check -----------------------------------------------------------------

@@ -20,40 +20,35 @@ work, the same bytes as the files engine, the compact streaming form and the
 Python client. A row per event was measured against it (BENCH.md, "postgres
 engine: table design") and lost on both appends and reads.
 
-**Dense positions, never skipped.** An append transaction first locks its
-stream's row (``SELECT … FOR UPDATE``), reads the head, writes the batch at
-``head …`` and moves the head, then commits. The next append to that stream —
-on any node — gets the lock only after the previous transaction has committed
-and become visible, so batches of a stream commit in position order and every
-snapshot sees a gap-free prefix of the stream. A reader that reads ``last >=
-start`` can therefore never skip a batch that commits later with a smaller
-position: no such batch exists. (The general trap — a sequence value taken
-before a later one commits — cannot happen because positions are taken under
-the lock, not from a sequence.)
+**Dense positions, never skipped.** A write (``Engine.write``: the records the hub
+placed) first locks its stream's row (``SELECT … FOR UPDATE``) and compares the head
+with the one the placement saw — another node may have written meanwhile
+(``HeadMoved``: the hub loads and places again) — writes the batches, moves the
+head, and commits. The next write to that stream — on any node — gets the lock
+only after the previous transaction has committed and become visible, so batches
+of a stream commit in position order and every snapshot sees a gap-free prefix of
+the stream. A reader that reads ``last >= start`` can therefore never skip a batch
+that commits later with a smaller position: no such batch exists.
 
-**Group commit.** Appends to one stream that arrive while the previous
-transaction for that stream runs are queued and written together in the next
-one: one lock, one insert, one commit, many appends. Each append is answered
-only after COMMIT returned (``synchronous_commit`` is never ``off`` on Herald's
-connections). Different streams commit in parallel on the connection pool.
+**Group commit** is the hub's (hub.appends): appends to one stream that arrive while
+the previous transaction for that stream runs are written together in the next one.
+Each append is answered only after COMMIT returned (``synchronous_commit`` is never
+``off`` on Herald's connections). Different streams commit in parallel on the pool.
 
-**Live subscribers on every node.** After each commit the writing node wakes its
-own waiters, and a background task sends ``pg_notify(channel, "head stream")``
-lines in a separate, tiny transaction — off the append path, heads that moved
-meanwhile coalesced into one NOTIFY (a NOTIFY inside the append transaction would
-take PostgreSQL's global notify lock until the end of the commit and serialise
-every append of the cluster behind one WAL flush). Each node keeps one dedicated
-LISTEN connection and wakes its local waiters; a waiter re-reads from its own
-position, so a notification is a hint, never the data. A lost notification (a
-node killed between COMMIT and NOTIFY, a LISTEN connection that reconnects)
-delays a subscriber by at most ``FALLBACK_POLL_SECONDS``: a poll of the heads of
-the streams that have waiters.
+**Other nodes hear of new heads.** After each commit a background task sends
+``pg_notify(channel, "head stream")`` lines in a separate, tiny transaction — off
+the append path, heads that moved meanwhile coalesced into one NOTIFY (a NOTIFY
+inside the append transaction would take PostgreSQL's global notify lock until the
+end of the commit and serialise every append of the cluster behind one WAL flush).
+Each node keeps one dedicated LISTEN connection and hands what it hears to the
+hub's head-waiter (``SharedEngine.watch``); a lost LISTEN connection raises an
+alarm (every waiter asks the database). A notification is a hint, never the data;
+the hub polls the heads of waited-on streams as a fallback (hub.heads).
 
-**Dedup window shared by all nodes.** Producer-supplied ids go into
-``event_ids`` in the append transaction. Under the stream lock, an id counts as
-present while the batch that holds it ends within ``limits.dedup_window`` of the
-head — whole batches, as the files engine keeps them; rows further behind are
-deleted now and then (``PRUNE_FRACTION``).
+**Dedup window shared by all nodes.** Producer-supplied ids go into ``event_ids``
+in the write transaction; ``load`` finds them for the hub's placement, which keeps
+an id while the batch holding it ends within ``limits.dedup_window`` of the head —
+whole batches. Rows further behind are deleted now and then (``PRUNE_FRACTION``).
 """
 
 from __future__ import annotations
@@ -61,34 +56,27 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import codec
 from ..codec import Record
-from ..config import ConfigError
-from ..errors import (
-    CorruptRecord,
-    ExpectedHeadMismatch,
-    HeraldError,
-    InvalidRequest,
-    ServerError,
-    StorageUnavailable,
+from ..errors import ConfigError, CorruptRecord, HeraldError, ServerError, StorageUnavailable
+from ..model import Limits, StreamInfo, validate_stream_name
+from ..placement import StreamState
+from .base import (
+    READ_CHUNK_BYTES,
+    Checkpoint,
+    CheckpointConflict,
+    HeadListener,
+    HeadMoved,
+    Replace,
+    SharedEngine,
+    Write,
+    validate_checkpoint_name,
 )
-from ..model import (
-    AppendResult,
-    Batch,
-    Limits,
-    StreamInfo,
-    new_id_prefix,
-    now_us,
-    validate_stream_name,
-)
-from .base import READ_CHUNK_BYTES, Engine
-from .dedup import DedupWindow, deduplicate
-from .tail import TailCache
 
 try:
     import psycopg
@@ -131,10 +119,6 @@ IDLE_IN_TRANSACTION_TIMEOUT_MS = 30_000
 CONNECTION_DEFAULTS = {"keepalives": "1", "keepalives_idle": "10",
                       "keepalives_interval": "5", "keepalives_count": "3",
                       "connect_timeout": "5"}
-# A waiter re-checks the head this often even without a notification: a lost
-# NOTIFY (a node killed between COMMIT and NOTIFY) delays a subscriber at most
-# this long. One query per node per interval, for all waited-on streams at once.
-FALLBACK_POLL_SECONDS = 1.0
 # The pool backs off between attempts to reconnect (1, 2, 4… s) until this much
 # time has passed, then gives up until the next request starts over. Kept short so
 # that after a database failover a node reconnects seconds after the new primary
@@ -145,10 +129,6 @@ RECONNECT_TIMEOUT_SECONDS = 10.0
 NOTIFY_PAYLOAD_BYTES = 7000
 # The LISTEN connection reconnects after a failure, backing off to this.
 LISTEN_RECONNECT_MAX_SECONDS = 5.0
-# Records one append transaction writes at most. Bounds the time a stream's lock
-# is held and the memory of one statement; a queue larger than this is written by
-# several transactions, back to back.
-MAX_GROUP_BYTES = 8 * 1024 * 1024
 # Rows one read selects at most. With tiny batches a read of READ_CHUNK_BYTES
 # could otherwise visit thousands of rows; the caller simply reads again.
 MAX_READ_ROWS = 1000
@@ -160,7 +140,6 @@ PRUNE_FRACTION = 4
 APPLICATION_NAME = "herald"
 
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
-_CHECKPOINT_NAME = re.compile(r"[A-Za-z0-9._:-]{1,200}")
 
 
 @dataclass(frozen=True)
@@ -192,16 +171,6 @@ class PostgresConfig:
 
 def _first_line(exc: BaseException) -> str:
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-
-
-def _answer(group: list[_Pending], outcomes: list[AppendResult | HeraldError]) -> None:
-    for pending, outcome in zip(group, outcomes, strict=True):
-        if pending.future.done():
-            continue
-        if isinstance(outcome, HeraldError):
-            pending.future.set_exception(outcome)
-        else:
-            pending.future.set_result(outcome)
 
 
 # SQLSTATEs that end a session: the server is shutting down or restarting
@@ -285,58 +254,28 @@ MIGRATIONS: tuple[Migration, ...] = (
                updated_at timestamptz NOT NULL DEFAULT now()
            )""",
     )),
+    # Compare-and-set checkpoints (consumer groups, leases): a version per value.
+    Migration(2, "checkpoint versions", (
+        "ALTER TABLE {s}.checkpoints ADD COLUMN version bigint NOT NULL DEFAULT 1",
+    )),
 )
 SCHEMA_VERSION = MIGRATIONS[-1].version
-
-
-# --- per-stream state on this node ------------------------------------------------
-
-
-@dataclass
-class _Pending:
-    batch: Batch
-    supplied: list[tuple[int, str]]
-    expected_head: int | None
-    future: asyncio.Future[AppendResult]
-    size: int
-
-
-@dataclass
-class _Stream:
-    name: str
-    head: int = 0  # the highest durable head this node has seen
-    changed: asyncio.Future[None] | None = None
-    waiters: int = 0
-    alarms: int = 0  # times the node feared for its database (see _wake_all)
-    queue: list[_Pending] = field(default_factory=list)
-    writer: asyncio.Task[None] | None = None
-    avg_record: int = 4096  # bytes, for sizing reads
-    synced: bool = False  # head has been read from the database at least once
-
-    def advance(self, head: int) -> None:
-        """A durable head was seen: wake the waiters if it moved."""
-        if head > self.head:
-            self.head = head
-            self.wake()
-
-    def wake(self) -> None:
-        if self.changed is not None and not self.changed.done():
-            self.changed.set_result(None)
-        self.changed = None
 
 
 # --- the engine ------------------------------------------------------------------
 
 
-class PostgresEngine(Engine):
+class PostgresEngine(SharedEngine):
     name = "postgres"
 
     def __init__(self, config: PostgresConfig, limits: Limits | None = None) -> None:
         self.config = config
         self.limits = limits or Limits()
         self._pool: psycopg_pool.AsyncConnectionPool[Any] | None = None
-        self._streams: dict[str, _Stream] = {}
-        self._tail = TailCache()  # recent records, so live readers cost no query
+        self._listener: HeadListener | None = None
+        # The size of a stream's last records read, for sizing the next read; only
+        # for streams that have records.
+        self._avg_record: dict[str, int] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
         self._listening = False
@@ -357,6 +296,9 @@ class PostgresEngine(Engine):
     @property
     def location(self) -> str:
         return f"PostgreSQL {redact(self.config.dsn)}, schema {self.config.schema}"
+
+    def watch(self, listener: HeadListener) -> None:
+        self._listener = listener
 
     # lifecycle
 
@@ -399,18 +341,13 @@ class PostgresEngine(Engine):
         self._announcing = asyncio.Event()
         self._tasks = [
             asyncio.create_task(self._listen_loop(), name="herald-postgres-listen"),
-            asyncio.create_task(self._poll_loop(), name="herald-postgres-poll"),
             asyncio.create_task(self._announce_loop(), name="herald-postgres-announce"),
         ]
 
     async def close(self) -> None:
         if self._pool is None:
             return
-        self._closing = True
-        # Appends already accepted are finished, not dropped.
-        writers = [st.writer for st in self._streams.values() if st.writer is not None]
-        if writers:
-            await asyncio.gather(*writers, return_exceptions=True)
+        self._closing = True  # the hub finished the writes it had accepted
         await self._announce()  # the last heads, so other nodes need not poll for them
         for task in self._tasks:
             task.cancel()
@@ -418,10 +355,6 @@ class PostgresEngine(Engine):
         self._tasks = []
         pool, self._pool = self._pool, None
         await pool.close()
-        for st in self._streams.values():
-            st.wake()  # waiters return: they re-check and find the engine closing
-        self._streams.clear()
-        self._tail = TailCache()
 
     @staticmethod
     async def _why_not(conninfo: str) -> str:
@@ -547,184 +480,130 @@ class PostgresEngine(Engine):
 
         await self._retrying("health check", run)
 
-    def _stream(self, name: str) -> _Stream:
-        st = self._streams.get(name)
-        if st is None:
-            validate_stream_name(name)
-            st = self._streams[name] = _Stream(name)
-        return st
+    async def load(self, stream: str, window: int,
+                   ids: Collection[str] | None = None) -> StreamState:
+        """One round trip: the stream's row, and where the ids are (ids None: every
+        id of the window)."""
+        validate_stream_name(stream)
+        q = self._sql
 
-    async def append(
-        self, stream: str, batch: Batch, expected_head: int | None = None
-    ) -> AppendResult:
-        if self._pool is None or self._closing:
-            raise StorageUnavailable("the postgres engine is not open")
-        if not batch.events:
-            raise InvalidRequest("a batch needs at least one event", code="empty_batch")
-        st = self._stream(stream)
-        supplied = batch.supplied_ids()
-        if supplied:
-            # An id twice in one batch is the caller's mistake: refuse it here, not
-            # inside a transaction that other appends share.
-            deduplicate(_NO_WINDOW, batch, supplied)
-        future: asyncio.Future[AppendResult] = asyncio.get_running_loop().create_future()
-        size = len(batch.raw) if batch.raw is not None else 256 * len(batch.events)
-        st.queue.append(_Pending(batch, supplied, expected_head, future, size))
-        if st.writer is None:
-            st.writer = asyncio.create_task(self._write_loop(st),
-                                            name=f"herald-postgres-append-{stream}")
-        # The append happens whether or not the caller stays to hear about it.
-        return await asyncio.shield(future)
+        async def run(conn: psycopg.AsyncConnection[Any]) -> StreamState:
+            async with conn.pipeline():
+                head_cursor = await conn.execute(q.load_stream, (stream,))
+                if ids is None:
+                    id_cursor = await conn.execute(q.window_ids, {"name": stream,
+                                                                  "window": window})
+                elif ids:
+                    id_cursor = await conn.execute(q.find_ids, {"name": stream,
+                                                                "ids": list(ids)})
+                row = await head_cursor.fetchone()
+                found = await id_cursor.fetchall() if ids is None or ids else []
+            if row is None:
+                return StreamState()
+            head, last_time = int(row[0]), int(row[1])
+            # An id is in the window while its batch ends within it (placement's
+            # rule); rows further behind are forgotten, not yet deleted.
+            known = {str(event_id): (int(position), int(last) + 1)
+                     for event_id, position, last in found
+                     if position is not None and last is not None
+                     and int(last) + 1 > head - window}
+            return StreamState(head, last_time, known)
 
-    async def _write_loop(self, st: _Stream) -> None:
-        """Drain the stream's queue: each group of queued appends is one transaction."""
-        try:
-            while st.queue:
-                group: list[_Pending] = []
-                total = 0
-                while st.queue and (not group or total + st.queue[0].size <= MAX_GROUP_BYTES):
-                    pending = st.queue.pop(0)
-                    group.append(pending)
-                    total += pending.size
-                try:
-                    await self._commit_group(st, group)
-                except HeraldError as exc:
-                    _answer(group, [exc] * len(group))
-                except Exception as exc:  # a bug: fail the appends, don't hang them
-                    log.exception("append to stream %s failed", st.name)
-                    _answer(group, [ServerError(f"append failed: {exc!r}",
-                                                code="storage_error")] * len(group))
-        finally:
-            st.writer = None
+        return await self._retrying(f"loading stream {stream}", run)
 
-    async def _commit_group(self, st: _Stream, group: list[_Pending]) -> None:
-        """Write a group of appends to one stream in one transaction; answer them.
-
-        Two round trips in pipeline mode: BEGIN and the lock (whose answer says
-        where the batches go), then the writes and COMMIT. Run again from the start,
-        on another connection, if the connection turned out dead before COMMIT was
-        sent: PostgreSQL rolled the transaction back, nothing was written.
-        """
+    async def write(self, stream: str, write: Write) -> None:
+        """One transaction, two round trips in pipeline mode: BEGIN and the lock
+        (whose answer is the head to compare), then the writes and COMMIT. Run again
+        from the start, on another connection, if the connection turned out dead
+        before COMMIT was sent: PostgreSQL rolled the transaction back."""
+        validate_stream_name(stream)
         for attempt in range(self._stale_attempts()):
             committing = False
             try:
-                async with self._connection(f"appending to stream {st.name}") as conn:
-                    async with conn.pipeline() as pipeline:
-                        await conn.execute("BEGIN")
-                        outcomes, written = await self._write_group(conn, st, group)
-                        # Nothing to write (duplicates, conflicts): end the transaction
-                        # either way; COMMIT of nothing costs no WAL flush.
-                        await conn.execute("COMMIT")
-                        committing = True
-                        await pipeline.sync()
-                    if written is not None:
-                        self._published(st, *written)
-                    _answer(group, outcomes)
-                    return
+                async with (self._connection(f"appending to stream {stream}") as conn,
+                            conn.pipeline() as pipeline):
+                    await conn.execute("BEGIN")
+                    stream_id, head, last_time = await self._lock(conn, stream)
+                    done = write
+                    if head != write.expected_head:
+                        if write.replace is None:
+                            await conn.execute("ROLLBACK")
+                            await pipeline.sync()
+                            raise HeadMoved(head)
+                        # Another node wrote first: place again here, under the lock.
+                        state = await self._locked_state(conn, stream, head, last_time,
+                                                         write.replace)
+                        done = write.replace.place(state)
+                    if done.written:
+                        await self._insert(conn, stream_id, done)
+                    await conn.execute("COMMIT")
+                    committing = True
+                    await pipeline.sync()
+                if done.written:
+                    self._published(stream, done.head)
+                return
             except StorageUnavailable as exc:
                 cause = exc.__cause__
                 if committing:
                     raise StorageUnavailable(
                         f"PostgreSQL connection failed while committing an append to stream "
-                        f"{st.name}; it may or may not have been appended") from cause
+                        f"{stream}; it may or may not have been appended") from cause
                 if (not _stale_connection(exc) or self._closing
                         or attempt == self._stale_attempts() - 1):
                     raise
                 log.warning("append to stream %s: connection failed before commit (%s); "
-                            "retrying on another connection", st.name, exc.message)
+                            "retrying on another connection", stream, exc.message)
                 await self._after_stale(attempt)
 
-    async def _write_group(
-        self, conn: psycopg.AsyncConnection[Any], st: _Stream, group: list[_Pending]
-    ) -> tuple[list[AppendResult | HeraldError], tuple[int, list[Record]] | None]:
-        """Inside the transaction: lock the stream, place the appends, write them.
-
-        Returns each append's outcome, and (new head, records) if anything was written.
-        """
+    async def _lock(self, conn: psycopg.AsyncConnection[Any],
+                    stream: str) -> tuple[int, int, int]:
+        """Lock the stream's row (creating it): its id, durable head and last time.
+        Every append to the stream, on any node, waits here for the previous one."""
         q = self._sql
-        cursor = await conn.execute(q.lock_stream, (st.name,))
+        cursor = await conn.execute(q.lock_stream, (stream,))
         row = await cursor.fetchone()
         if row is None:
-            await conn.execute(q.create_stream, (st.name,))
-            cursor = await conn.execute(q.lock_stream, (st.name,))
+            await conn.execute(q.create_stream, (stream,))
+            cursor = await conn.execute(q.lock_stream, (stream,))
             row = await cursor.fetchone()
             assert row is not None
-        stream_id, head, last_time = int(row[0]), int(row[1]), int(row[2])
-        st.advance(head)
+        return int(row[0]), int(row[1]), int(row[2])
 
-        size = self.limits.dedup_window
-        window = DedupWindow(size)
-        wanted = [event_id for p in group for _, event_id in p.supplied]
-        if wanted:
-            cursor = await conn.execute(q.find_ids, {"stream": stream_id, "ids": wanted})
-            # An id is in the window while its batch ends within it (the files
-            # engine's rule); rows further behind are forgotten, not yet deleted.
-            found = sorted((int(position), int(last), str(event_id))
-                           for event_id, position, last in await cursor.fetchall()
-                           if position is not None and last is not None
-                           and last >= head - size)
-            for position, last, event_id in found:
-                window.add(position, last + 1, [(event_id, position)])
+    async def _locked_state(self, conn: psycopg.AsyncConnection[Any], stream: str,
+                            head: int, last_time: int, replace: Replace) -> StreamState:
+        """The state under the lock, for placing again (Write.replace)."""
+        known: dict[str, tuple[int, int]] = {}
+        if replace.ids:
+            cursor = await conn.execute(self._sql.find_ids, {"name": stream,
+                                                             "ids": list(replace.ids)})
+            for event_id, position, last in await cursor.fetchall():
+                if (position is not None and last is not None
+                        and int(last) + 1 > head - replace.window):
+                    known[str(event_id)] = (int(position), int(last) + 1)
+        return StreamState(head, last_time, known)
 
-        outcomes: list[AppendResult | HeraldError] = []
-        records: list[Record] = []
-        new_ids: list[str] = []
-        new_positions: list[int] = []
-        position = head
-        for pending in group:
-            batch, supplied, duplicates = deduplicate(window, pending.batch, pending.supplied)
-            if not batch.events:
-                # Every event is already in the stream: a retried append. Answer as
-                # the first attempt was answered.
-                last = max(d.position for d in duplicates)
-                outcomes.append(AppendResult(first=duplicates[0].position, head=last + 1,
-                                             appended=0, duplicates=duplicates))
-                continue
-            expected = pending.expected_head
-            if expected is not None and expected != position:
-                outcomes.append(ExpectedHeadMismatch(
-                    f"stream {st.name} has head {position}, not the expected {expected}",
-                    head=position, expected=expected))
-                continue
-            count = len(batch.events)
-            # Times never go backwards, whichever node's clock wrote the last batch.
-            time_us = last_time = max(now_us(), last_time)
-            raw = codec.encode_record(position, count, time_us,
-                                      codec.encode_batch(batch, new_id_prefix()))
-            records.append(Record(position, count, time_us, raw))
-            pairs = [(event_id, position + i) for i, event_id in supplied]
-            window.add(position, position + count, pairs)
-            new_ids += [event_id for event_id, _ in pairs]
-            new_positions += [p for _, p in pairs]
-            outcomes.append(AppendResult(first=position, head=position + count,
-                                         appended=count, duplicates=duplicates))
-            position += count
-        if not records:
-            return outcomes, None
-
+    async def _insert(self, conn: psycopg.AsyncConnection[Any], stream_id: int,
+                      write: Write) -> None:
+        """Inside the transaction, under the lock: the records, their ids, the head."""
+        q = self._sql
+        records = write.records
         await conn.execute(q.insert_batches, (
             stream_id, [r.base for r in records], [r.end - 1 for r in records],
             [r.raw for r in records]))
-        if new_ids:
-            await conn.execute(q.insert_ids, (stream_id, new_ids, new_positions))
+        pairs = [pair for placed in write.written for pair in placed.ids]
+        if pairs:
+            await conn.execute(q.insert_ids, (stream_id, [i for i, _ in pairs],
+                                              [p for _, p in pairs]))
+        size = self.limits.dedup_window
         step = max(1, size // PRUNE_FRACTION)
-        if position // step != head // step:
-            await conn.execute(q.prune_ids, {"stream": stream_id, "edge": position - size})
-        await conn.execute(q.move_head, (position, sum(len(r.raw) for r in records),
-                                         last_time, stream_id))
-        return outcomes, (position, records)
+        if write.head // step != write.expected_head // step:
+            await conn.execute(q.prune_ids, {"stream": stream_id, "edge": write.head - size})
+        await conn.execute(q.move_head, (write.head, sum(len(r.raw) for r in records),
+                                         write.last_time, stream_id))
 
-    def _cache(self, st: _Stream, records: list[Record]) -> None:
-        if records:
-            self._tail.extend(st.name, records)
-            st.avg_record = (st.avg_record * 3 + len(records[-1].raw)) // 4 or 1
-
-    def _published(self, st: _Stream, head: int, records: list[Record]) -> None:
-        """After COMMIT: local readers and waiters see the new records at once, and
-        the other nodes hear of the new head soon."""
-        self._cache(st, records)
-        st.advance(head)
-        self._unannounced[st.name] = max(head, self._unannounced.get(st.name, 0))
+    def _published(self, stream: str, head: int) -> None:
+        """After COMMIT: the other nodes hear of the new head soon."""
+        self._unannounced[stream] = max(head, self._unannounced.get(stream, 0))
         self._announcing.set()
 
     async def _announce_loop(self) -> None:
@@ -738,7 +617,7 @@ class PostgresEngine(Engine):
 
     async def _announce(self) -> None:
         """Best effort: the appends are committed and answered whatever happens
-        here; a lost notification costs a subscriber at most FALLBACK_POLL_SECONDS."""
+        here; a lost notification costs a subscriber at most the hub's poll interval"""
         heads, self._unannounced = self._unannounced, {}
         if not heads:
             return
@@ -765,16 +644,11 @@ class PostgresEngine(Engine):
     async def read(
         self, stream: str, start: int, max_bytes: int = READ_CHUNK_BYTES
     ) -> list[Record]:
-        st = self._streams.get(stream)
-        if st is None:
-            validate_stream_name(stream)
-        else:
-            cached = self._tail.get(stream, start, max_bytes)
-            if cached is not None:
-                return cached
+        validate_stream_name(stream)
         rows_wanted = MAX_READ_ROWS
-        if st is not None:
-            rows_wanted = max(1, min(MAX_READ_ROWS, 2 * max_bytes // st.avg_record + 1))
+        avg = self._avg_record.get(stream)
+        if avg is not None:
+            rows_wanted = max(1, min(MAX_READ_ROWS, 2 * max_bytes // avg + 1))
 
         async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[bytes]]:
             async with conn.cursor(binary=True) as cursor:
@@ -799,9 +673,7 @@ class PostgresEngine(Engine):
             records.append(record)
             expected = record.end
         if records:
-            st = self._stream(stream)
-            self._cache(st, records)
-            st.advance(records[-1].end)
+            self._avg_record[stream] = (3 * (avg or 4096) + len(records[-1].raw)) // 4 or 1
         return records
 
     async def head(self, stream: str) -> int:
@@ -812,43 +684,17 @@ class PostgresEngine(Engine):
             row = await cursor.fetchone()
             return int(row[0]) if row else 0
 
-        head = await self._retrying(f"reading the head of stream {stream}", run)
-        st = self._streams.get(stream)
-        if st is not None:
-            st.advance(head)
-            st.synced = True
-        return head
+        return await self._retrying(f"reading the head of stream {stream}", run)
 
-    async def wait(self, stream: str, position: int, timeout: float) -> int:
-        st = self._stream(stream)
-        if not st.synced and st.head <= position:
-            # A stream this node has not heard of yet: its head is whatever the
-            # database says (appended by another node before we listened), not 0.
-            await self.head(stream)
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        alarms = st.alarms
-        st.waiters += 1
-        try:
-            while st.head <= position and not self._closing:
-                remaining = deadline - loop.time()
-                if remaining <= 0:
-                    break
-                if st.changed is None:
-                    st.changed = loop.create_future()
-                try:
-                    await asyncio.wait_for(asyncio.shield(st.changed), remaining)
-                except TimeoutError:
-                    break
-                if st.alarms != alarms:
-                    # The node may have lost the database (see _wake_all): ask it.
-                    # If it cannot be reached this raises StorageUnavailable, and the
-                    # subscriber moves to a node that can serve it.
-                    alarms = st.alarms
-                    await self.head(stream)
-        finally:
-            st.waiters -= 1
-        return st.head
+    async def heads(self, streams: Sequence[str]) -> dict[str, int]:
+        names = list(streams)
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> dict[str, int]:
+            cursor = await conn.execute(self._sql.heads, (names,))
+            return {str(n): int(h) for n, h in await cursor.fetchall()}
+
+        heads = await self._retrying("reading stream heads", run)
+        return {name: heads.get(name, 0) for name in names}
 
     async def _listen_loop(self) -> None:
         """One LISTEN connection per node: notifications move the local heads."""
@@ -862,8 +708,8 @@ class PostgresEngine(Engine):
                     self._listening = True
                     delay = 0.1
                     # Appends committed while this node was not listening were not
-                    # heard: look at the heads now.
-                    await self._poll_heads()
+                    # heard: every waiter asks the heads now.
+                    self._alarm()
                     async for notify in conn.notifies():
                         self._on_notify(notify.payload)
             except asyncio.CancelledError:
@@ -873,51 +719,26 @@ class PostgresEngine(Engine):
                     log.warning("LISTEN connection to PostgreSQL lost (%s); reconnecting in "
                                 "%.1f s", _first_line(exc), delay)
                     if self._listening:
-                        self._wake_all()
+                        self._alarm()
             finally:
                 self._listening = False
             await asyncio.sleep(delay)
             delay = min(delay * 2, LISTEN_RECONNECT_MAX_SECONDS)
 
     def _on_notify(self, payload: str) -> None:
+        if self._listener is None:
+            return
         for line in payload.split("\n"):
             head, _, name = line.partition(" ")
-            st = self._streams.get(name)
-            if st is not None and head.isdigit():
-                st.advance(int(head))
+            if name and head.isdigit():
+                self._listener.advance(name, int(head))
 
-    async def _poll_loop(self) -> None:
-        """The fallback for lost notifications: the heads of waited-on streams."""
-        while not self._closing:
-            await asyncio.sleep(FALLBACK_POLL_SECONDS)
-            try:
-                await self._poll_heads()
-            except HeraldError as exc:
-                log.debug("polling heads failed: %s", exc.message)
-                self._wake_all()
-
-    def _wake_all(self) -> None:
-        """The database may be out of reach: every waiter checks now. If it cannot
-        reach the database, its subscriber's connection breaks and the client moves
-        to a node that can serve it, instead of waiting here for nothing."""
-        for st in self._streams.values():
-            if st.waiters:
-                st.alarms += 1
-                st.wake()
-
-    async def _poll_heads(self) -> None:
-        names = [name for name, st in self._streams.items() if st.waiters]
-        if not names:
-            return
-
-        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[str, int]]:
-            cursor = await conn.execute(self._sql.heads, (names,))
-            return [(str(n), int(h)) for n, h in await cursor.fetchall()]
-
-        for name, head in await self._retrying("polling stream heads", run):
-            st = self._streams.get(name)
-            if st is not None:
-                st.advance(head)
+    def _alarm(self) -> None:
+        """The database may be out of reach, or notifications were lost: every
+        waiter asks it now. If it cannot reach the database, its subscriber's
+        connection breaks and the client moves to a node that can serve it."""
+        if self._listener is not None:
+            self._listener.alarm()
 
     # listing
 
@@ -943,27 +764,33 @@ class PostgresEngine(Engine):
 
     # checkpoints
 
-    @staticmethod
-    def _checkpoint_name(name: str) -> str:
-        # The same names as the files engine accepts, so a deployment can move.
-        if not _CHECKPOINT_NAME.fullmatch(name) or name.startswith("."):
-            raise InvalidRequest(f"invalid checkpoint name {name!r}", code="invalid_parameter")
-        return name
+    async def get_checkpoint(self, name: str) -> Checkpoint | None:
+        validate_checkpoint_name(name)
 
-    async def get_checkpoint(self, name: str) -> int | None:
-        self._checkpoint_name(name)
-
-        async def run(conn: psycopg.AsyncConnection[Any]) -> int | None:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> Checkpoint | None:
             cursor = await conn.execute(self._sql.get_checkpoint, (name,))
             row = await cursor.fetchone()
-            return int(row[0]) if row else None
+            return Checkpoint(int(row[0]), int(row[1])) if row else None
 
         return await self._retrying(f"reading checkpoint {name}", run)
 
-    async def set_checkpoint(self, name: str, value: int) -> None:
-        self._checkpoint_name(name)
+    async def set_checkpoint(self, name: str, value: int,
+                             expected_version: int | None = None) -> Checkpoint:
+        validate_checkpoint_name(name)
+        q = self._sql
+        params: tuple[object, ...]
+        if expected_version is None:
+            statement, params = q.set_checkpoint, (name, value)
+        elif expected_version == 0:
+            statement, params = q.create_checkpoint, (name, value)
+        else:
+            statement, params = q.replace_checkpoint, (value, name, expected_version)
         async with self._connection(f"writing checkpoint {name}") as conn:
-            await conn.execute(self._sql.set_checkpoint, (name, value))
+            cursor = await conn.execute(statement, params)
+            row = await cursor.fetchone()
+        if row is None:
+            raise CheckpointConflict(name, await self.get_checkpoint(name))
+        return Checkpoint(value, int(row[0]))
 
 
 class _Statements:
@@ -976,12 +803,21 @@ class _Statements:
         # plain "id = ANY(%s)" was planned, on a young table, as a scan of the whole
         # stream's window filtered by id: 30–40 ms per 200-id append, and growing.
         # Each wanted id: its position and the last position of the batch holding it.
+        stream_id = f"(SELECT id FROM {s}.streams WHERE name = %(name)s)"
         self.find_ids = (
             f"SELECT w.id, e.position, b.last FROM unnest(%(ids)s::text[]) AS w(id)"
-            f" LEFT JOIN {s}.event_ids AS e ON e.stream_id = %(stream)s AND e.id = w.id"
+            f" LEFT JOIN {s}.event_ids AS e ON e.stream_id = {stream_id} AND e.id = w.id"
             f" LEFT JOIN LATERAL (SELECT last FROM {s}.batches"
-            f" WHERE stream_id = %(stream)s AND last >= e.position"
+            f" WHERE stream_id = e.stream_id AND last >= e.position"
             f" ORDER BY last LIMIT 1) AS b ON true")
+        # Every id of the last %(window)s events (the hub keeps the window itself).
+        self.window_ids = (
+            f"SELECT e.id, e.position, b.last FROM {s}.event_ids AS e"
+            f" JOIN {s}.streams AS st ON st.id = e.stream_id AND st.name = %(name)s"
+            f" CROSS JOIN LATERAL (SELECT last FROM {s}.batches"
+            f" WHERE stream_id = e.stream_id AND last >= e.position"
+            f" ORDER BY last LIMIT 1) AS b WHERE b.last + 1 > st.head - %(window)s")
+        self.load_stream = f"SELECT head, last_time FROM {s}.streams WHERE name = %s"
         # %b: the records travel in binary. As %s, psycopg would send a list of
         # bytes as a text array, hex-escaped: twice the bytes, and parsing on the
         # server (measured: W1 at half speed).
@@ -1018,11 +854,14 @@ class _Statements:
         self.heads = f"SELECT name, head FROM {s}.streams WHERE name = ANY(%s)"
         self.streams = f"SELECT name, head, bytes FROM {s}.streams WHERE head > 0 ORDER BY name"
         self.stream = f"SELECT name, head, bytes FROM {s}.streams WHERE name = %s"
-        self.get_checkpoint = f"SELECT value FROM {s}.checkpoints WHERE name = %s"
+        self.get_checkpoint = f"SELECT value, version FROM {s}.checkpoints WHERE name = %s"
         self.set_checkpoint = (
             f"INSERT INTO {s}.checkpoints (name, value) VALUES (%s, %s) "
-            f"ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, updated_at = now()")
-
-
-# deduplicate() against nothing: only checks a batch for an id that appears twice.
-_NO_WINDOW = DedupWindow(1)
+            f"ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value, "
+            f"version = {s}.checkpoints.version + 1, updated_at = now() RETURNING version")
+        self.create_checkpoint = (
+            f"INSERT INTO {s}.checkpoints (name, value) VALUES (%s, %s) "
+            f"ON CONFLICT (name) DO NOTHING RETURNING version")
+        self.replace_checkpoint = (
+            f"UPDATE {s}.checkpoints SET value = %s, version = version + 1, "
+            f"updated_at = now() WHERE name = %s AND version = %s RETURNING version")

@@ -39,14 +39,14 @@ from msgspec import UNSET
 
 from .. import codec
 from ..config import GatherConfig
-from ..engines.base import Engine
 from ..errors import (
     ExpectedHeadMismatch,
     HeraldError,
     SourceError,
     UnmappableRow,
 )
-from ..model import MAX_ID_LENGTH, MAX_TYPE_LENGTH, Batch, Limits, NewEvent
+from ..hub import Hub
+from ..model import MAX_ID_LENGTH, MAX_TYPE_LENGTH, Batch, NewEvent
 from .status import GathererStatus, GatherFailure, GatherSkip, GatherState
 
 __all__ = [
@@ -191,8 +191,8 @@ class SkipLog:
     is durable and replicated by whatever engine runs, and anyone can audit it.
     """
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, hub: Hub) -> None:
+        self.hub = hub
         self.head = 0
         self.skips: dict[str, list[GatherSkip]] = {}
         self._lock = asyncio.Lock()
@@ -201,19 +201,17 @@ class SkipLog:
         """Read the decisions recorded since the last refresh (by any node)."""
         async with self._lock:
             while True:
-                records = await self.engine.read(SKIP_STREAM, self.head)
+                records = await self.hub.records(SKIP_STREAM, self.head)
                 if not records:
                     return
                 for record in records:
                     at = datetime.fromtimestamp(record.time_us / 1e6, UTC)
-                    for index, stored in enumerate(codec.decode_batch(record.body).e):
-                        if record.base + index < self.head:
-                            continue
+                    for event in codec.events_of(record, self.head):
                         try:
-                            data = msgspec.json.decode(stored.data, type=_SkipRecord)
+                            data = msgspec.json.decode(event.raw, type=_SkipRecord)
                         except msgspec.MsgspecError:
                             log.warning("%s: position %d is not a skip record; ignored",
-                                        SKIP_STREAM, record.base + index)
+                                        SKIP_STREAM, event.position)
                             continue
                         self.skips.setdefault(data.gatherer, []).append(
                             GatherSkip(position=data.position, by=data.by, at=at,
@@ -229,7 +227,8 @@ class SkipLog:
             "data": _SkipRecord(gatherer=gatherer, position=position, by=by, reason=reason),
             "meta": {"gatherer": gatherer, "position": str(position)},
         }])
-        await self.engine.append(SKIP_STREAM, codec.decode_append(body, Limits()))
+        # Validated with the configured limits, as every append is.
+        await self.hub.append_body(SKIP_STREAM, body)
         await self.refresh()
 
 
@@ -320,15 +319,15 @@ class _Progress:
 class Gatherer:
     """Copies one source into one stream, exactly once (see the module docstring)."""
 
-    def __init__(self, config: GatherConfig, engine: Engine, source: Source,
-                 skips: SkipLog, limits: Limits | None = None) -> None:
+    def __init__(self, config: GatherConfig, hub: Hub, source: Source,
+                 skips: SkipLog) -> None:
         self.config = config
         self.name = config.name
         self.stream = config.stream
-        self.engine = engine
+        self.hub = hub
         self.source = source
         self.skips = skips
-        self.limits = limits or Limits()
+        self.limits = hub.limits
         self.state = GatherState.STARTING
         self._progress = _Progress()
         self._skipped = skips.positions(self.name)
@@ -447,12 +446,11 @@ class Gatherer:
 
     async def _resume(self) -> tuple[int, int | None]:
         """The stream's head and the source position of its last event."""
-        head = await self.engine.head(self.stream)
+        head = await self.hub.head(self.stream)
         position: int | None = None
         if head > 0:
-            records = await self.engine.read(self.stream, head - 1)
-            record = records[0]
-            last = codec.decode_batch(record.body).e[head - 1 - record.base]
+            records = await self.hub.records(self.stream, head - 1)
+            last = codec.events_of(records[0], head - 1)[0]
             if last.meta.get("source") != self.name or "source_position" not in last.meta:
                 raise HeraldError(
                     f"stream {self.stream}'s last event (position {head - 1}) was not "
@@ -526,10 +524,10 @@ class Gatherer:
         return min(poll * 2, POLL_MAX_SECONDS)
 
     async def _append(self, batch: Batch, head: int) -> int:
-        result = await self.engine.append(self.stream, batch, expected_head=head)
+        result = await self.hub.append(self.stream, batch, expected_head=head)
         if result.duplicates:
             # The source repeats an event id that is still in the stream's dedup window:
-            # the engine kept the first. Counted, not hidden.
+            # the hub kept the first. Counted, not hidden.
             self._progress.duplicates += len(result.duplicates)
             log.warning("gatherer %s: %d events had ids already in stream %s; not appended "
                         "again", self.name, len(result.duplicates), self.stream)
@@ -557,7 +555,7 @@ class Gatherer:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return  # read it again: it may have been fixed in place
-            await self.engine.wait(SKIP_STREAM, self.skips.head, remaining)
+            await self.hub.wait(SKIP_STREAM, self.skips.head, remaining)
             await self.skips.refresh()
         self._progress.stopped_at = None
         log.info("gatherer %s: row %d skipped; resuming", self.name, exc.position)
@@ -600,7 +598,7 @@ class Gatherer:
                     if not 0 < len(event.id) <= MAX_ID_LENGTH:
                         raise Unmappable(f"its id must be 1 to {MAX_ID_LENGTH} characters")
                     if event.id in ids:
-                        # The engine refuses an id twice in one batch: end the batch
+                        # The hub refuses an id twice in one batch: end the batch
                         # here; in the next one the dedup window answers for it.
                         full = True
                         break

@@ -10,9 +10,8 @@ import asyncio
 import importlib
 
 from ..config import ConfigError, GatherConfig
-from ..engines.base import Engine
 from ..errors import Conflict, HeraldError, NotFound
-from ..model import Limits
+from ..hub import Hub
 from .base import Gatherer, SkipLog, Source
 from .status import GathererStatus, GatherSkip
 
@@ -47,13 +46,12 @@ def create_source(config: GatherConfig) -> Source:
 
 
 class GatherManager:
-    def __init__(self, engine: Engine, configs: tuple[GatherConfig, ...] | list[GatherConfig],
-                 limits: Limits | None = None) -> None:
-        self.engine = engine
-        self.limits = limits or Limits()
-        self.skips = SkipLog(engine)
+    def __init__(self, hub: Hub,
+                 configs: tuple[GatherConfig, ...] | list[GatherConfig]) -> None:
+        self.hub = hub
+        self.skips = SkipLog(hub)
         # Sources are built now, so that a wrong setting stops `herald serve` at once.
-        self.gatherers = {c.name: Gatherer(c, engine, create_source(c), self.skips, self.limits)
+        self.gatherers = {c.name: Gatherer(c, hub, create_source(c), self.skips)
                           for c in configs}
 
     async def start(self) -> None:

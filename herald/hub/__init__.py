@@ -1,6 +1,20 @@
-"""The hub: what Herald does whatever the engine — appends, reads, subscriptions."""
+"""The hub: what a stream is, whatever the engine — appends, reads, subscriptions.
 
-from .core import HEARTBEAT_SECONDS, Hub, ReadPage
-from .render import render_json_page, render_sse
+Rules of this package:
 
-__all__ = ["Hub", "ReadPage", "HEARTBEAT_SECONDS", "render_json_page", "render_sse"]
+1. The hub is the only caller of an engine (``herald.engines``): the HTTP edge, the
+   gatherers and every later feature reach streams through ``Hub``. Enforced by the
+   import-linter contract in pyproject.toml.
+2. The rules of an append are ``herald.placement``'s; the hub runs them in each
+   stream's critical section (``appends``) and lets the engine's conditional write
+   guard it.
+3. No HTTP here: rendering (JSON pages, SSE) is the server's; the hub hands out
+   records, pages and events (``codec.events_of``).
+4. State is kept per stream only while it is used (a slot while appending, waiters
+   while someone waits, a bounded tail cache): following streams that do not exist
+   costs nothing once the follower is gone.
+"""
+
+from .core import HEARTBEAT_SECONDS, Hub, ReadPage, Start, Subscription
+
+__all__ = ["HEARTBEAT_SECONDS", "Hub", "ReadPage", "Start", "Subscription"]

@@ -1,75 +1,71 @@
-"""The per-stream deduplication window: producer-supplied event id → position.
+"""A stream's deduplication window, kept by the hub for an engine it trusts alone.
 
 The window covers *at least* the last ``size`` events of a stream: a batch's ids are
 forgotten, oldest first, once every event of the batch is more than ``size`` events
-behind the head. Only ids that producers supplied are kept — an id Herald assigned
-is new by construction, so it can never come back in a retry. The window is rebuilt
-from the stream's tail on restart, so it survives restarts without a file of its own.
+behind the head (placement's rule: whole batches). Only ids that producers supplied
+are kept — an id Herald assigned is new by construction, so it can never come back
+in a retry. It is rebuilt from the stream's tail (``Engine.load``) the first time a
+stream is appended to after a start, so it survives restarts without a file.
+
+It is the ``known`` mapping placement reads: id → (position, end of its batch).
 """
 
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Iterator, Mapping
 
-from ..errors import InvalidRequest
-from ..model import Batch, Duplicate
-
-__all__ = ["DedupWindow", "deduplicate"]
+__all__ = ["DedupWindow"]
 
 
-class DedupWindow:
+class DedupWindow(Mapping[str, tuple[int, int]]):
     def __init__(self, size: int) -> None:
         self.size = size
-        self._positions: dict[str, int] = {}
-        # (first position, end position, ids) per batch with supplied ids
+        self._where: dict[str, tuple[int, int]] = {}
+        # (first position, end position, ids) per batch with supplied ids, oldest first
         self._batches: deque[tuple[int, int, list[str]]] = deque()
 
-    def __len__(self) -> int:
-        return len(self._positions)
+    def __getitem__(self, event_id: str) -> tuple[int, int]:
+        return self._where[event_id]
 
-    def get(self, event_id: str) -> int | None:
-        return self._positions.get(event_id)
+    def get(self, event_id: str, default: object = None) -> tuple[int, int] | None:  # type: ignore[override]
+        return self._where.get(event_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._where)
+
+    def __len__(self) -> int:
+        return len(self._where)
 
     def add(self, first: int, end: int, ids: list[tuple[str, int]]) -> None:
-        """Remember a batch at ``first`` … ``end - 1`` and its (id, position) pairs."""
+        """Remember a batch at ``first`` … ``end - 1`` and its (id, position) pairs;
+        forget the batches that left the window behind ``end``."""
         if ids:
-            self._positions.update(ids)
+            for event_id, position in ids:
+                self._where[event_id] = (position, end)
             self._batches.append((first, end, [i for i, _ in ids]))
         batches = self._batches
         while batches and batches[0][1] <= end - self.size:
-            pop = self._positions.pop
+            pop = self._where.pop
             for event_id in batches.popleft()[2]:
                 pop(event_id, None)
 
     def forget_from(self, position: int) -> None:
-        """Drop batches at or after ``position`` (appends that failed)."""
+        """Drop the batches at or after ``position`` (appends that failed)."""
         batches = self._batches
         while batches and batches[-1][0] >= position:
             for event_id in batches.pop()[2]:
-                self._positions.pop(event_id, None)
+                self._where.pop(event_id, None)
 
-
-def deduplicate(
-    window: DedupWindow, batch: Batch, supplied: list[tuple[int, str]]
-) -> tuple[Batch, list[tuple[int, str]], list[Duplicate]]:
-    """Split a batch into the events to append and those the window already has.
-
-    Returns the batch to append (the same object when nothing was a duplicate), its
-    (index, id) pairs, and the duplicates. An id twice in one batch is refused.
-    """
-    if len({event_id for _, event_id in supplied}) != len(supplied):
-        seen: set[str] = set()
-        for index, event_id in supplied:
-            if event_id in seen:
-                raise InvalidRequest(f"event id {event_id!r} appears twice in the batch",
-                                     code="duplicate_id", index=index, id=event_id)
-            seen.add(event_id)
-    duplicates = [Duplicate(index=i, id=event_id, position=position)
-                  for i, event_id in supplied
-                  if (position := window.get(event_id)) is not None]
-    if not duplicates:
-        return batch, supplied, []
-    skip = {d.index for d in duplicates}
-    events = [e for i, e in enumerate(batch.events) if i not in skip]
-    kept = Batch(events).supplied_ids()
-    return Batch(events), kept, duplicates
+    @classmethod
+    def of(cls, size: int, known: Mapping[str, tuple[int, int]]) -> DedupWindow:
+        """A window holding ``known`` (id → (position, batch end)), as Engine.load
+        returns it."""
+        window = cls(size)
+        by_batch: dict[int, list[tuple[str, int]]] = {}
+        for event_id, (position, end) in known.items():
+            by_batch.setdefault(end, []).append((event_id, position))
+        for end in sorted(by_batch):
+            ids = sorted(by_batch[end], key=lambda pair: pair[1])
+            window.add(ids[0][1], end, ids)
+        return window

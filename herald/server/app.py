@@ -41,7 +41,7 @@ import socket
 import ssl
 import sys
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,11 +52,11 @@ from aiohttp.http_exceptions import LineTooLong
 from aiohttp.web_protocol import RequestHandler
 from OpenSSL import SSL
 
-from .. import __version__, codec
+from .. import codec
+from ..version import __version__
 from ..certs import ensure_server_tls
 from ..config import Config, ServerConfig, parse_listen
 from ..engines import create_engine
-from ..engines.base import Engine
 from ..errors import (
     Forbidden,
     HeraldError,
@@ -68,11 +68,12 @@ from ..errors import (
     Unauthorized,
 )
 from ..gather.manager import GatherManager
-from ..hub import HEARTBEAT_SECONDS, Hub, render_json_page, render_sse
+from ..hub import HEARTBEAT_SECONDS, Hub, Start
 from ..model import validate_position
 from .auth import Authenticator, Principal, ensure_admin_token
 from .dashboard import DASHBOARD_HEADERS, render_home
 from .openapi import openapi_document
+from .render import SSE_PREAMBLE, render_json_page, render_sse, sse_heartbeat
 from .throttle import RateLimiter
 from .tls import MutualTLSContext, PyOpenSSLObject, client_certificate_of, server_context
 
@@ -277,7 +278,7 @@ async def health(request: web.Request) -> web.Response:
     _parameters(request)
     hub = request.app[HUB]
     await hub.ping()  # 503 storage_unavailable when the storage cannot serve
-    return _json_response({"status": "ok", "version": __version__, "engine": hub.engine.name})
+    return _json_response({"status": "ok", "version": __version__, "engine": hub.engine_name})
 
 
 async def openapi(request: web.Request) -> web.Response:
@@ -355,14 +356,14 @@ async def append_events(request: web.Request) -> web.Response:
         raise RequestTimeout(
             f"the request body did not arrive within {request.app[SETTINGS].body_timeout:g} s",
             code="request_timeout") from None
-    result = await hub.append(stream, body, expected)
+    result = await hub.append_body(stream, body, expected)
     return _json_response(result)
 
 
-def _start(request: web.Request, hub_head: int) -> int:
+def _start(request: web.Request) -> Start:
     value = request.query.get("from", "0")
     if value in ("head", "end"):
-        return hub_head
+        return "head"
     return validate_position(value, "from")
 
 
@@ -377,22 +378,19 @@ async def read_events(request: web.Request) -> web.StreamResponse:
     follow, heartbeat = _follow(request), _heartbeat(request)
     limit = validate_position(request.query.get("limit", "1000"), "limit")
     if limit == 0 or limit > hub.limits.max_read_events:
+        # Checked whatever the form (the hub checks it again for pages).
         raise InvalidRequest(f"limit must be 1 to {hub.limits.max_read_events}",
                              code="invalid_parameter", parameter="limit")
-    head = await hub.head(stream)
+    start = _start(request)
     if "text/event-stream" in accept:
         last_id = request.headers.get("Last-Event-ID")
         if last_id:
             start = validate_position(last_id, "Last-Event-ID") + 1
-        else:
-            start = _start(request, head)
         return await _sse(request, hub, stream, start, follow, heartbeat)
-    start = _start(request, head)
     if codec.MEDIA_TYPE in accept:
         return await _compact(request, hub, stream, start, follow, heartbeat)
     page = await hub.read(stream, start, limit)
-    body = render_json_page(page.records, start, limit, page.head)
-    return web.Response(body=body, content_type="application/json")
+    return web.Response(body=render_json_page(page), content_type="application/json")
 
 
 def _follow(request: web.Request) -> bool:
@@ -426,54 +424,36 @@ async def _end_live_streams(app: web.Application) -> None:
         task.cancel()
 
 
-async def _sse(request: web.Request, hub: Hub, stream: str, start: int, follow: bool,
+async def _sse(request: web.Request, hub: Hub, stream: str, start: Start, follow: bool,
                heartbeat: float) -> web.StreamResponse:
-    batches = await _primed(hub.follow(stream, start, follow=follow, heartbeat=heartbeat))
-    response = await _stream_response(request, "text/event-stream")
-    position = start
-    # An SSE "retry" tells a browser how soon to reconnect after a drop.
-    await response.write(b"retry: 2000\n\n")
-    async for records in batches:
-        if records:
-            frames, position = render_sse(records, position)
-            await response.write(frames)
-        else:
-            await response.write(b": heartbeat %d\n\n" % position)
-    await response.write_eof()
-    return response
+    # Entering the subscription reads its first records: an error there (a damaged
+    # record at the start position) gets its own status, before the answer begins.
+    async with hub.subscribe(stream, start, follow=follow, heartbeat=heartbeat) as sub:
+        response = await _stream_response(request, "text/event-stream")
+        position = sub.position
+        await response.write(SSE_PREAMBLE)
+        async for records in sub:
+            if records:
+                frames, position = render_sse(records, position)
+                await response.write(frames)
+            else:
+                await response.write(sse_heartbeat(position))
+        await response.write_eof()
+        return response
 
 
-async def _compact(request: web.Request, hub: Hub, stream: str, start: int, follow: bool,
+async def _compact(request: web.Request, hub: Hub, stream: str, start: Start, follow: bool,
                    heartbeat: float) -> web.StreamResponse:
-    batches = await _primed(hub.follow(stream, start, follow=follow, heartbeat=heartbeat))
-    response = await _stream_response(request, codec.MEDIA_TYPE)
-    position = start
-    async for records in batches:
-        if records:
-            # The stored bytes go out as they are: no per-event work on the server.
-            await response.write(b"".join(r.raw for r in records))
-            position = records[-1].end
-        else:
-            await response.write(hub.heartbeat(position))
-    await response.write_eof()
-    return response
-
-
-async def _primed(
-    batches: AsyncIterator[list[codec.Record]],
-) -> AsyncIterator[list[codec.Record]]:
-    """``batches`` with its first item read now, before the streaming answer begins:
-    an error there (a damaged record at the start position) gets its own status."""
-    first = await anext(batches, None)
-
-    async def chained() -> AsyncIterator[list[codec.Record]]:
-        if first is None:
-            return
-        yield first
-        async for item in batches:
-            yield item
-
-    return chained()
+    async with hub.subscribe(stream, start, follow=follow, heartbeat=heartbeat) as sub:
+        response = await _stream_response(request, codec.MEDIA_TYPE)
+        async for records in sub:
+            if records:
+                # The stored bytes go out as they are: no per-event work on the server.
+                await response.write(b"".join(r.raw for r in records))
+            else:
+                await response.write(hub.heartbeat(sub.position))
+        await response.write_eof()
+        return response
 
 
 def _heartbeat(request: web.Request) -> float:
@@ -550,7 +530,7 @@ def create_app(hub: Hub, auth: Authenticator,
     app[SETTINGS] = Settings(body_timeout=server.body_timeout,
                              rate_limiter=RateLimiter(server.rate_limit, server.rate_burst))
     app[LIVE] = weakref.WeakSet()
-    app[GATHER] = gatherers or GatherManager(hub.engine, ())
+    app[GATHER] = gatherers or GatherManager(hub, ())
     app.on_response_prepare.append(_on_prepare)
     app.on_shutdown.append(_end_live_streams)
     app.router.add_get("/", dashboard_home)
@@ -585,12 +565,12 @@ def _python() -> str:
         return sys.executable
 
 
-def _banner(config: Config, url: str, created: list[str], engine: Engine,
+def _banner(config: Config, url: str, created: list[str], hub: Hub,
             redirect_url: str | None, gatherers: GatherManager) -> str:
     token = _display(config.admin_token_path)
     # An engine that keeps its data elsewhere (postgres) says where, without secrets.
-    where = getattr(engine, "location", None) or f"data in {_display(config.data)}"
-    lines = [f"Herald {__version__}: {engine.name} engine, {where}"]
+    where = hub.location or f"data in {_display(config.data)}"
+    lines = [f"Herald {__version__}: {hub.engine_name} engine, {where}"]
     if config.tls.cert is None:
         ca = _display(config.tls_dir / "ca.pem")
         lines += [
@@ -760,15 +740,14 @@ async def run_server(
     auth = Authenticator(token, config.principals, config.users,
                          require_client_cert=config.tls.require_client_cert)
 
-    engine = create_engine(config)
-    await engine.open()
+    hub = Hub(create_engine(config), config.limits)
+    await hub.open()
     try:
         # Built before anything listens: a gatherer with a wrong setting stops Herald here.
-        gatherers = GatherManager(engine, config.gather, config.limits)
+        gatherers = GatherManager(hub, config.gather)
     except BaseException:
-        await engine.close()
+        await hub.close()
         raise
-    hub = Hub(engine, config.limits)
     app = create_app(hub, auth, config.server, gatherers)
     runners = [_runner(app, config.server, handler_cancellation=True)]
     await runners[0].setup()
@@ -795,7 +774,7 @@ async def run_server(
         plain_bound = plain.getsockname()
         redirect_url = f"http://{_show_host(plain_bound[0])}:{plain_bound[1]}"
 
-    print(_banner(config, url, created, engine, redirect_url, gatherers), flush=True)
+    print(_banner(config, url, created, hub, redirect_url, gatherers), flush=True)
     if ready is not None:
         ready(url)
 
@@ -814,7 +793,7 @@ async def run_server(
         await gatherers.stop()
         for runner in reversed(runners):
             await runner.cleanup()
-        await engine.close()
+        await hub.close()
 
 
 def _show_host(host: str) -> str:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import __version__
+from ..version import __version__
 from ..model import (
     MAX_ID_LENGTH,
     MAX_META_KEY_LENGTH,

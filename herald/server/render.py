@@ -1,7 +1,9 @@
-"""Records → the JSON and Server-Sent-Events forms of the read API. Pure.
+"""Pages and records → the JSON and Server-Sent-Events forms of the read API. Pure.
 
-``data`` stays raw JSON bytes from the record to the answer (msgspec ``Raw``): the
-server never builds Python objects for event payloads.
+Every detail of the SSE form is here (frames, ``retry``, heartbeats). ``data`` stays
+raw JSON bytes from the record to the answer (msgspec ``Raw``): the server never
+builds Python objects for event payloads. Events come from ``codec.events_of``, the
+one place a record becomes events.
 """
 
 from __future__ import annotations
@@ -12,22 +14,17 @@ import msgspec
 
 from .. import codec
 from ..codec import Record
-from ..model import id_suffixes, time_from_us
+from ..hub import ReadPage
+from ..model import Event
 
-__all__ = ["render_json_page", "render_sse", "EventOut"]
+__all__ = ["SSE_PREAMBLE", "render_json_page", "render_sse", "sse_heartbeat"]
 
-
-class EventOut(msgspec.Struct, gc=False):  # see model.NewEvent on gc=False
-    position: int
-    id: str
-    type: str
-    data: msgspec.Raw
-    meta: dict[str, str]
-    time: str
+# An SSE "retry" tells a browser how soon to reconnect after a drop (ms).
+SSE_PREAMBLE = b"retry: 2000\n\n"
 
 
-class PageOut(msgspec.Struct):
-    events: list[EventOut]
+class _PageOut(msgspec.Struct):
+    events: list[Event]
     next: int
     head: int
 
@@ -35,37 +32,11 @@ class PageOut(msgspec.Struct):
 _encoder = msgspec.json.Encoder()
 
 
-def _time(us: int) -> str:
-    return time_from_us(us).isoformat().replace("+00:00", "Z")
-
-
-def events_out(records: Iterable[Record], start: int, limit: int | None = None) -> list[EventOut]:
-    """The events at positions ≥ ``start`` (at most ``limit``) in ``records``."""
-    out: list[EventOut] = []
-    for record in records:
-        if record.end <= start:
-            continue
-        time = _time(record.time_us)
-        skip = max(0, start - record.base)
-        batch = codec.decode_batch(record.body)
-        stored, prefix = batch.e, batch.p
-        suffixes = id_suffixes(len(stored))
-        for offset in range(skip, len(stored)):
-            event = stored[offset]
-            out.append(EventOut(record.base + offset, event.id or prefix + suffixes[offset],
-                                event.type, event.data, event.meta, time))
-            if limit is not None and len(out) >= limit:
-                return out
-    return out
-
-
-def render_json_page(records: Iterable[Record], start: int, limit: int, head: int) -> bytes:
+def render_json_page(page: ReadPage) -> bytes:
     """``{"events": […], "next": N, "head": H}``."""
-    events = events_out(records, start, limit)
-    next_position = events[-1].position + 1 if events else max(start, 0)
-    if not events and start > head:
-        next_position = start
-    return _encoder.encode(PageOut(events=events, next=next_position, head=head))
+    events = page.events()
+    next_position = events[-1].position + 1 if events else max(page.start, 0)
+    return _encoder.encode(_PageOut(events=events, next=next_position, head=page.head))
 
 
 def render_sse(records: Iterable[Record], start: int) -> tuple[bytes, int]:
@@ -76,7 +47,15 @@ def render_sse(records: Iterable[Record], start: int) -> tuple[bytes, int]:
     """
     parts: list[bytes] = []
     next_position = start
-    for event in events_out(records, start):
-        parts.append(b"id: %d\ndata: %s\n\n" % (event.position, _encoder.encode(event)))
-        next_position = event.position + 1
+    for record in records:
+        if record.end <= next_position:
+            continue
+        for event in codec.events_of(record, next_position):
+            parts.append(b"id: %d\ndata: %s\n\n" % (event.position, _encoder.encode(event)))
+        next_position = record.end
     return b"".join(parts), next_position
+
+
+def sse_heartbeat(position: int) -> bytes:
+    """An SSE comment: keeps proxies from closing an idle stream, names the position."""
+    return b": heartbeat %d\n\n" % position

@@ -1,8 +1,9 @@
 """The engines the conformance suite runs against, by name.
 
 Each entry makes engines over one storage location: calling ``open()`` twice gives
-two engine instances on the same storage (how "reopen after close" is tested). A
-new engine joins the suite by adding an entry here; the tests do not change.
+two hubs over two engine instances on the same storage (how "reopen after close" is
+tested). The tests reach the engine through the hub, as everything in Herald does.
+A new engine joins the suite by adding an entry here; the tests do not change.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from pathlib import Path
 
 from herald.engines.base import Engine
 from herald.engines.files import FilesConfig, FilesEngine
+from herald.engines.memory import MemoryEngine, MemoryStore
 from herald.engines.postgres import PostgresConfig, PostgresEngine
+from herald.hub import Hub
 from herald.model import Limits
 
 from ..pgtools import drop_schema, new_schema, require_postgres
@@ -24,26 +27,27 @@ class EngineKit:
     """Opens engines on one storage location and closes them all at the end."""
 
     make: Callable[[Limits], Engine]
-    opened: list[Engine] = field(default_factory=list)
+    opened: list[Hub] = field(default_factory=list)
     setup: Callable[[], Awaitable[None]] | None = None
     teardown: Callable[[], Awaitable[None]] | None = None  # after the last close_all
 
-    async def open(self, limits: Limits | None = None) -> Engine:
-        engine = self.make(limits or Limits())
-        await engine.open()
-        self.opened.append(engine)
-        return engine
+    async def open(self, limits: Limits | None = None) -> Hub:
+        limits = limits or Limits()
+        hub = Hub(self.make(limits), limits)
+        await hub.open()
+        self.opened.append(hub)
+        return hub
 
     async def close_all(self) -> None:
-        for engine in self.opened:
-            await engine.close()
+        for hub in self.opened:
+            await hub.close()
         self.opened.clear()
 
 
 def files_kit(tmp_path: Path) -> EngineKit:
     # Small segments, so that every test also crosses segment boundaries.
     return EngineKit(lambda limits: FilesEngine(
-        FilesConfig(tmp_path / "data", segment_bytes=64 * 1024), limits))
+        FilesConfig(tmp_path / "data", segment_bytes=64 * 1024)))
 
 
 def postgres_kit(tmp_path: Path) -> EngineKit:
@@ -65,7 +69,13 @@ def postgres_kit(tmp_path: Path) -> EngineKit:
         setup=setup, teardown=teardown)
 
 
+def memory_kit(tmp_path: Path) -> EngineKit:
+    store = MemoryStore()  # "the same storage location": outlives each engine
+    return EngineKit(lambda limits: MemoryEngine(store))
+
+
 KITS: dict[str, Callable[[Path], EngineKit]] = {
     "files": files_kit,
+    "memory": memory_kit,
     "postgres": postgres_kit,
 }

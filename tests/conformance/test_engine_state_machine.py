@@ -46,8 +46,6 @@ from hypothesis.stateful import (
 )
 
 from herald import codec
-from herald.client import events_from_record
-from herald.engines.base import Engine
 from herald.errors import ExpectedHeadMismatch, InvalidRequest
 from herald.hub import Hub
 from herald.model import Batch, Event, Limits
@@ -116,7 +114,7 @@ class EngineMachine(RuleBasedStateMachine):
         self.runner = asyncio.Runner()
         self.dir = Path(tempfile.mkdtemp(prefix="herald-machine-"))
         self.kit: EngineKit = KITS[self.kit_name](self.dir)
-        self.engine: Engine | None = None
+        self.engine: Hub | None = None
         self.model = {name: StreamModel() for name in STREAMS}
         self.serial = 0
 
@@ -139,7 +137,7 @@ class EngineMachine(RuleBasedStateMachine):
             shutil.rmtree(self.dir, ignore_errors=True)
 
     @property
-    def live(self) -> Engine:
+    def live(self) -> Hub:
         assert self.engine is not None
         return self.engine
 
@@ -257,12 +255,12 @@ class EngineMachine(RuleBasedStateMachine):
             events: list[Event] = []
             position = start
             while True:
-                records = await self.live.read(stream, position)
+                records = await self.live.records(stream, position)
                 if not records:
                     return events
                 assert records[0].base <= position < records[0].end
                 for record in records:
-                    events += events_from_record(record, position)
+                    events += codec.events_of(record, position)
                     position = record.end
         return self.run(read())
 
@@ -303,23 +301,23 @@ class EngineMachine(RuleBasedStateMachine):
         async def follow() -> tuple[list[Event], Any, int]:
             got: list[Event] = []
             position = start
-            followed = Hub(self.live, LIMITS).follow(stream, start, heartbeat=0.05)
-            async for records in followed:  # catch up, to the heartbeat at the head
-                if not records:
-                    break
-                for record in records:
-                    got += events_from_record(record, position)
-                    position = record.end
-            waiting = asyncio.create_task(self.live.wait(stream, position, 5.0))
-            result = await self.live.append(stream, encode(batch))
-            woken = await waiting
-            async for records in followed:  # live
-                for record in records:
-                    got += events_from_record(record, position)
-                    position = record.end
-                if position >= result.head:
-                    break
-            await followed.aclose()
+            async with self.live.subscribe(stream, start, heartbeat=0.05) as sub:
+                followed = aiter(sub)
+                async for records in followed:  # catch up, to the heartbeat at the head
+                    if not records:
+                        break
+                    for record in records:
+                        got += codec.events_of(record, position)
+                        position = record.end
+                waiting = asyncio.create_task(self.live.wait(stream, position, 5.0))
+                result = await self.live.append(stream, encode(batch))
+                woken = await waiting
+                async for records in followed:  # live
+                    for record in records:
+                        got += codec.events_of(record, position)
+                        position = record.end
+                    if position >= result.head:
+                        break
             return got, result, woken
 
         got, result, woken = self.run(follow())

@@ -18,9 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from herald.client import events_from_record
-from herald.engines.base import Engine
 from herald.engines.files import FilesConfig, FilesEngine
+from herald.hub import Hub
 from herald.model import Event
 
 from ..conftest import require_service
@@ -93,26 +92,17 @@ def mysql_dsn() -> Iterator[str]:
 
 
 @pytest.fixture
-async def engine(tmp_path: Path) -> AsyncIterator[Engine]:
-    files = FilesEngine(FilesConfig(tmp_path / "data"))
-    await files.open()
-    yield files
-    await files.close()
+async def engine(tmp_path: Path) -> AsyncIterator[Hub]:
+    """A hub over a files engine: what gatherers append through."""
+    async with Hub(FilesEngine(FilesConfig(tmp_path / "data"))) as hub:
+        yield hub
 
 
-async def read_all(engine: Engine, stream: str, start: int = 0) -> list[Event]:
-    events: list[Event] = []
-    position = start
-    while True:
-        records = await engine.read(stream, position)
-        if not records:
-            return events
-        for record in records:
-            events += events_from_record(record, position)
-            position = record.end
+async def read_all(engine: Hub, stream: str, start: int = 0) -> list[Event]:
+    return [event async for event in engine.events(stream, start)]
 
 
-async def wait_for_head(engine: Engine, stream: str, head: int, timeout: float = 30.0) -> None:
+async def wait_for_head(engine: Hub, stream: str, head: int, timeout: float = 30.0) -> None:
     """Wait until ``stream`` holds at least ``head`` events (fail after ``timeout``)."""
     deadline = asyncio.get_running_loop().time() + timeout
     while (current := await engine.head(stream)) < head:

@@ -17,10 +17,10 @@ from eventsourcing.application import Application
 from eventsourcing.domain import Aggregate, event
 
 from herald.config import GatherConfig
-from herald.engines.base import Engine
 from herald.gather.eventsourcing import EventsourcingSource, unwrap
 from herald.gather.manager import GatherManager
 from herald.gather.status import GatherState
+from herald.hub import Hub
 
 from .conftest import read_all, wait_for_head, wait_until
 
@@ -76,7 +76,7 @@ def config(env: dict[str, str], **options: Any) -> GatherConfig:
 
 
 async def test_an_application_is_gathered_then_followed(env: dict[str, str],
-                                                        engine: Engine) -> None:
+                                                        engine: Hub) -> None:
     school = DogSchool(env=env)
     fido = school.register_dog("Fido")
     school.add_trick(fido, "roll over")
@@ -135,7 +135,7 @@ def cipher_env(base: dict[str, str]) -> dict[str, str]:
             "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor"}
 
 
-async def test_an_encrypted_compressed_store(tmp_path: Path, engine: Engine) -> None:
+async def test_an_encrypted_compressed_store(tmp_path: Path, engine: Hub) -> None:
     env = cipher_env(sqlite_env(tmp_path))
     school = DogSchool(env=env)
     school.register_dog("Secret")
@@ -166,7 +166,7 @@ async def test_an_encrypted_compressed_store(tmp_path: Path, engine: Engine) -> 
     assert registered.data["name"] == "Secret"
 
 
-async def test_state_as_base64(tmp_path: Path, engine: Engine) -> None:
+async def test_state_as_base64(tmp_path: Path, engine: Hub) -> None:
     env = {**sqlite_env(tmp_path), "COMPRESSOR_TOPIC": "eventsourcing.compressor:ZlibCompressor"}
     school = DogSchool(env=env)
     school.register_dog("Bytes")
@@ -183,7 +183,7 @@ async def test_state_as_base64(tmp_path: Path, engine: Engine) -> None:
     assert b'"name":"Bytes"' in state
 
 
-async def test_a_missing_database_file_is_retried(tmp_path: Path, engine: Engine) -> None:
+async def test_a_missing_database_file_is_retried(tmp_path: Path, engine: Hub) -> None:
     env = sqlite_env(tmp_path / "later")
     manager = GatherManager(engine, [config(env)])
     await manager.start()

@@ -18,8 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from herald.engines.base import Engine
 from herald.gather.manager import GatherManager
+from herald.hub import Hub
 
 from .conftest import mysql_connect, read_all, wait_for_head
 from .sqldb import SqlDb, sqlite_db
@@ -63,7 +63,7 @@ def pause(rng: random.Random, writer: int, n: int) -> float:
     return rng.choice([0, 0, 0.001, 0.005, 0.02, 0.05, 0.2])
 
 
-async def run_shuffled(engine: Engine, config: Any, writer: Callable[[int, Recorder], None],
+async def run_shuffled(engine: Hub, config: Any, writer: Callable[[int, Recorder], None],
                        naive: Callable[[threading.Event], list[int]]) -> None:
     recorder = Recorder()
     manager = GatherManager(engine, [config])
@@ -91,7 +91,7 @@ async def run_shuffled(engine: Engine, config: Any, writer: Callable[[int, Recor
     assert recorder.rolled_back > 0
 
 
-async def test_postgres_shuffled_commits(pg_dsn: str, engine: Engine) -> None:
+async def test_postgres_shuffled_commits(pg_dsn: str, engine: Hub) -> None:
     db = SqlDb("postgres", pg_dsn)
     db.execute("CREATE TABLE events (id bigserial PRIMARY KEY, type text, data jsonb)")
 
@@ -138,7 +138,7 @@ async def test_postgres_shuffled_commits(pg_dsn: str, engine: Engine) -> None:
                        writer, naive)
 
 
-async def test_mariadb_shuffled_commits(mysql_dsn: str, engine: Engine) -> None:
+async def test_mariadb_shuffled_commits(mysql_dsn: str, engine: Hub) -> None:
     db = SqlDb("mysql", mysql_dsn)
     database = mysql_dsn.rsplit("/", 1)[1]
     db.execute("CREATE TABLE events (id BIGINT AUTO_INCREMENT PRIMARY KEY, "
@@ -186,7 +186,7 @@ async def test_mariadb_shuffled_commits(mysql_dsn: str, engine: Engine) -> None:
                        writer, naive)
 
 
-async def test_sqlite_concurrent_writers(tmp_path: Path, engine: Engine) -> None:
+async def test_sqlite_concurrent_writers(tmp_path: Path, engine: Hub) -> None:
     """SQLite has one writer at a time: concurrent writers commit in id order, and
     every row a read sees is final (no fence is needed — or used)."""
     db = sqlite_db(tmp_path)

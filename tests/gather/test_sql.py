@@ -15,11 +15,11 @@ import msgspec
 import pytest
 
 from herald.config import GatherConfig
-from herald.engines.base import Engine
 from herald.errors import Conflict, NotFound
 from herald.gather.base import SKIP_STREAM
 from herald.gather.manager import GatherManager
 from herald.gather.status import GatherState
+from herald.hub import Hub
 
 from .conftest import (
     create_pg_database,
@@ -51,7 +51,7 @@ async def running() -> AsyncIterator[list[GatherManager]]:
         await manager.stop()
 
 
-async def start(engine: Engine, running: list[GatherManager],
+async def start(engine: Hub, running: list[GatherManager],
                 *configs: GatherConfig) -> GatherManager:
     manager = GatherManager(engine, list(configs))
     await manager.start()
@@ -66,7 +66,7 @@ def rows(first: int, count: int) -> list[tuple[str, str, str, str | None]]:
 
 
 async def test_a_table_is_gathered_in_order_then_followed_live(
-        db: SqlDb, engine: Engine, running: list[GatherManager]) -> None:
+        db: SqlDb, engine: Hub, running: list[GatherManager]) -> None:
     db.create_events()
     db.insert(rows(0, 2500))  # more than one batch
     manager = await start(engine, running, db.config(batch=1000))
@@ -92,7 +92,7 @@ async def test_a_table_is_gathered_in_order_then_followed_live(
 
 
 async def test_a_restart_resumes_from_the_stream_without_duplicates(
-        db: SqlDb, engine: Engine, running: list[GatherManager]) -> None:
+        db: SqlDb, engine: Hub, running: list[GatherManager]) -> None:
     db.create_events()
     db.insert(rows(0, 300))
     first = await start(engine, running, db.config(batch=100))
@@ -107,7 +107,7 @@ async def test_a_restart_resumes_from_the_stream_without_duplicates(
 
 
 async def test_two_gatherers_racing_on_one_stream_neither_lose_nor_double(
-        db: SqlDb, engine: Engine, running: list[GatherManager]) -> None:
+        db: SqlDb, engine: Hub, running: list[GatherManager]) -> None:
     # Two nodes running the same gatherer (or an old append landing late): every stale
     # append fails on expected_head and the loser re-reads the stream.
     # Without event ids, so that only expected_head stands between them (with ids, the
@@ -126,7 +126,7 @@ async def test_two_gatherers_racing_on_one_stream_neither_lose_nor_double(
     assert a.statuses()[0].conflicts + b.statuses()[0].conflicts > 0
 
 
-async def test_a_custom_query(db: SqlDb, engine: Engine, running: list[GatherManager]) -> None:
+async def test_a_custom_query(db: SqlDb, engine: Hub, running: list[GatherManager]) -> None:
     db.create_events()
     db.insert(rows(0, 40))
     query = ("SELECT id AS pos, type AS kind, data AS payload FROM events "
@@ -143,7 +143,7 @@ async def test_a_custom_query(db: SqlDb, engine: Engine, running: list[GatherMan
 
 
 async def test_a_bad_row_stops_the_gatherer_until_it_is_skipped_and_recorded(
-        db: SqlDb, engine: Engine, running: list[GatherManager]) -> None:
+        db: SqlDb, engine: Hub, running: list[GatherManager]) -> None:
     db.create_events()
     db.insert(rows(0, 3))
     db.insert([("Broken", "{not json", None, None)])
@@ -188,7 +188,7 @@ async def test_a_bad_row_stops_the_gatherer_until_it_is_skipped_and_recorded(
 
 
 async def test_a_bad_row_fixed_in_the_source_is_gathered(
-        tmp_path: Path, engine: Engine, running: list[GatherManager]) -> None:
+        tmp_path: Path, engine: Hub, running: list[GatherManager]) -> None:
     db = sqlite_db(tmp_path)
     db.create_events()
     db.insert([("T", '{"n": 0}', None, None), ("T", "{n: 1}", None, None)])
@@ -201,7 +201,7 @@ async def test_a_bad_row_fixed_in_the_source_is_gathered(
     assert manager.get("g").stopped_at is None
 
 
-async def test_skips_survive_a_restart(db: SqlDb, engine: Engine,
+async def test_skips_survive_a_restart(db: SqlDb, engine: Hub,
                                        running: list[GatherManager]) -> None:
     db.create_events()
     db.insert([("Broken", "[1,", None, None)])
@@ -220,7 +220,7 @@ async def test_skips_survive_a_restart(db: SqlDb, engine: Engine,
 
 
 async def test_an_event_over_the_size_limit_is_a_bad_row(
-        db: SqlDb, engine: Engine, running: list[GatherManager]) -> None:
+        db: SqlDb, engine: Hub, running: list[GatherManager]) -> None:
     db.create_events()
     big = json.dumps({"blob": "x" * 1_100_000})
     db.insert([("Big", big, None, None)])
@@ -229,7 +229,7 @@ async def test_an_event_over_the_size_limit_is_a_bad_row(
     assert "limit" in manager.statuses()[0].last_error.message  # type: ignore[union-attr]
 
 
-async def test_bad_meta_is_a_bad_row(db: SqlDb, engine: Engine,
+async def test_bad_meta_is_a_bad_row(db: SqlDb, engine: Hub,
                                      running: list[GatherManager]) -> None:
     db.create_events()
     db.insert([("Ok", "{}", None, json.dumps({"n": 1}))])
@@ -239,7 +239,7 @@ async def test_bad_meta_is_a_bad_row(db: SqlDb, engine: Engine,
 
 
 async def test_a_stream_fed_by_something_else_is_refused(
-        db: SqlDb, engine: Engine, running: list[GatherManager]) -> None:
+        db: SqlDb, engine: Hub, running: list[GatherManager]) -> None:
     from herald import codec
     from herald.model import Limits
 
@@ -254,7 +254,7 @@ async def test_a_stream_fed_by_something_else_is_refused(
 
 
 async def test_a_source_that_is_down_is_retried_and_caught_up_others_unaffected(
-        engine: Engine, running: list[GatherManager], tmp_path: Path) -> None:
+        engine: Hub, running: list[GatherManager], tmp_path: Path) -> None:
     require_postgres()
     healthy = sqlite_db(tmp_path)
     healthy.create_events()
@@ -282,7 +282,7 @@ async def test_a_source_that_is_down_is_retried_and_caught_up_others_unaffected(
         drop_pg_database(name)
 
 
-async def test_json_and_binary_columns(pg_dsn: str, engine: Engine,
+async def test_json_and_binary_columns(pg_dsn: str, engine: Hub,
                                        running: list[GatherManager]) -> None:
     db = SqlDb("postgres", pg_dsn)
     db.execute("CREATE TABLE events (id bigint PRIMARY KEY, type text, data jsonb, "
@@ -325,30 +325,35 @@ def test_the_mapping_keeps_data_bytes_as_they_are() -> None:
     assert msgspec.json.decode(msgspec.json.encode(event))["meta"] == {"source": "g"}
 
 
-async def test_batches_keep_to_the_append_limits(tmp_path: Path, engine: Engine) -> None:
+async def test_batches_keep_to_the_append_limits(tmp_path: Path) -> None:
+    from herald.engines.files import FilesConfig, FilesEngine
     from herald.model import Limits
 
     db = sqlite_db(tmp_path)
     db.create_events()
     db.insert(rows(0, 23))
     db.insert([("Big", json.dumps({"blob": "y" * 3000}), None, None) for _ in range(4)])
-    manager = GatherManager(engine, [db.config(batch=1000)],
-                            Limits(max_batch_events=5, max_batch_bytes=8000))
+    limits = Limits(max_batch_events=5, max_batch_bytes=8000)
+    engine = Hub(FilesEngine(FilesConfig(tmp_path / "data")), limits)
+    await engine.open()
+    manager = GatherManager(engine, [db.config(batch=1000)])
     await manager.start()
     try:
         await wait_for_head(engine, "s", 27)
     finally:
         await manager.stop()
+        await engine.close()
     records = []
     position = 0
-    while batch := await engine.read("s", position):
-        records += batch
-        position = batch[-1].end
+    async with Hub(FilesEngine(FilesConfig(tmp_path / "data")), limits) as again:
+        while batch := await again.records("s", position):
+            records += batch
+            position = batch[-1].end
     assert max(r.count for r in records) <= 5
     assert max(len(r.raw) for r in records) <= 8000
 
 
-async def test_a_repeated_event_id_is_counted_not_hidden(tmp_path: Path, engine: Engine) -> None:
+async def test_a_repeated_event_id_is_counted_not_hidden(tmp_path: Path, engine: Hub) -> None:
     db = sqlite_db(tmp_path)
     db.create_events()
     db.insert([("T", '{"n": 0}', "same", None), ("T", '{"n": 1}', "other", None)])

@@ -40,6 +40,7 @@ from ..conftest import ROOT, ServerProcess
 # Modules whose errors reach HTTP answers. (The CLI, the client and certs.py have
 # errors of their own, never sent by the server.)
 SERVER_MODULES = ["herald/server", "herald/hub", "herald/engines", "herald/codec.py",
+                  "herald/placement.py",
                   "herald/gather/manager.py",
                   "herald/model.py"]
 # Raised while Herald starts, before it listens: they end the process, never an answer.

@@ -1,8 +1,8 @@
 """The postgres engine beyond the shared contract: several nodes on one database.
 
-Each "node" here is a PostgresEngine instance of its own (its own pool, its own
-LISTEN connection) on the same schema, as separate Herald processes would be;
-tests/integration/test_postgres_ha.py does the same with real server processes.
+Each "node" here is a hub over a PostgresEngine instance of its own (its own pool,
+its own LISTEN connection) on the same schema, as separate Herald processes would
+be; tests/integration/test_postgres_ha.py does the same with real server processes.
 """
 
 from __future__ import annotations
@@ -18,17 +18,28 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from herald import codec
-from herald.client import events_from_record
 from herald.config import ConfigError, load_config
 from herald.engines import create_engine
 from herald.engines import postgres as pg
+from herald.engines.base import CheckpointConflict
 from herald.engines.postgres import PostgresConfig, PostgresEngine
 from herald.errors import ExpectedHeadMismatch, StorageUnavailable
+from herald.hub import Hub
+from herald.hub import heads as hub_heads
 from herald.model import Batch, Event, Limits
 
 from ..pgtools import TcpProxy, drop_schema, new_schema, require_postgres
 
-Node = Callable[..., Awaitable[PostgresEngine]]
+
+class PgNode(Hub):
+    """A node: a hub, and the engine under it for the tests that look inside."""
+
+    def __init__(self, engine: PostgresEngine, limits: Limits | None) -> None:
+        super().__init__(engine, limits)
+        self.pg = engine
+
+
+Node = Callable[..., Awaitable[PgNode]]
 
 
 def batch(*events: dict[str, Any]) -> Batch:
@@ -39,14 +50,8 @@ def ev(n: int, **extra: Any) -> dict[str, Any]:
     return {"type": "Counted", "data": {"n": n}, **extra}
 
 
-async def read_all(engine: PostgresEngine, stream: str, start: int = 0) -> list[Event]:
-    events: list[Event] = []
-    position = start
-    while records := await engine.read(stream, position):
-        for record in records:
-            events += events_from_record(record, position)
-            position = record.end
-    return events
+async def read_all(hub: Hub, stream: str, start: int = 0) -> list[Event]:
+    return [event async for event in hub.events(stream, start)]
 
 
 @pytest.fixture
@@ -60,19 +65,19 @@ def schema() -> Iterator[str]:
 @pytest.fixture
 async def node(schema: str) -> AsyncIterator[Node]:
     """Opens engines ("nodes") on the test's schema; closes them at the end."""
-    opened: list[PostgresEngine] = []
+    opened: list[PgNode] = []
 
     async def open_node(dsn: str | None = None, limits: Limits | None = None,
-                        pool_size: int = 4) -> PostgresEngine:
-        engine = PostgresEngine(PostgresConfig(dsn or require_postgres(), schema, pool_size),
-                                limits)
-        await engine.open()
-        opened.append(engine)
-        return engine
+                        pool_size: int = 4) -> PgNode:
+        hub = PgNode(PostgresEngine(PostgresConfig(dsn or require_postgres(), schema,
+                                                   pool_size), limits), limits)
+        await hub.open()
+        opened.append(hub)
+        return hub
 
     yield open_node
-    for engine in opened:
-        await engine.close()
+    for hub in opened:
+        await hub.close()
 
 
 async def test_two_nodes_append_to_one_stream_at_once(node: Node) -> None:
@@ -110,13 +115,13 @@ async def test_followers_on_both_nodes_never_skip_while_both_append(node: Node) 
     total_appends = 120
     done = asyncio.Event()
 
-    async def follow(engine: PostgresEngine) -> list[int]:
+    async def follow(engine: Hub) -> list[int]:
         seen: list[int] = []
         position = 0
         while True:
-            records = await engine.read("race", position)
+            records = await engine.records("race", position)
             for record in records:
-                seen += [e.position for e in events_from_record(record, position)]
+                seen += [e.position for e in codec.events_of(record, position)]
                 position = record.end
             if not records:
                 if done.is_set() and position >= await engine.head("race"):
@@ -139,7 +144,7 @@ async def test_a_notification_from_another_node_wakes_a_waiter(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Only NOTIFY can wake the waiter in time: the fallback poll is made too slow.
-    monkeypatch.setattr(pg, "FALLBACK_POLL_SECONDS", 3600.0)
+    monkeypatch.setattr(hub_heads, "POLL_SECONDS", 3600.0)
     a, b = await node(), await node()
     await b.append("live", batch(ev(0)))
     assert await a.head("live") == 1
@@ -153,13 +158,13 @@ async def test_a_notification_from_another_node_wakes_a_waiter(
 async def test_a_lost_notification_is_made_up_for_by_the_poll(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg, "FALLBACK_POLL_SECONDS", 0.2)
+    monkeypatch.setattr(hub_heads, "POLL_SECONDS", 0.2)
     a, b = await node(), await node()
 
     async def lost() -> None:
-        b._unannounced.clear()  # the node "died" between COMMIT and NOTIFY
+        b.pg._unannounced.clear()  # the node "died" between COMMIT and NOTIFY
 
-    monkeypatch.setattr(b, "_announce", lost)
+    monkeypatch.setattr(b.pg, "_announce", lost)
     waiter = asyncio.create_task(a.wait("quiet", 0, 30.0))
     await asyncio.sleep(0.1)
     await b.append("quiet", batch(ev(0)))
@@ -208,7 +213,11 @@ async def test_expected_head_is_checked_against_every_nodes_appends(node: Node) 
 async def test_checkpoints_are_shared(node: Node) -> None:
     a, b = await node(), await node()
     await a.set_checkpoint("group:x:s", 5)
-    assert await b.get_checkpoint("group:x:s") == 5
+    shared = await b.get_checkpoint("group:x:s")
+    assert shared is not None and shared.value == 5
+    await b.set_checkpoint("group:x:s", 6, expected_version=shared.version)
+    with pytest.raises(CheckpointConflict):  # a's view is stale now
+        await a.set_checkpoint("group:x:s", 7, expected_version=shared.version)
 
 
 async def test_schema_is_migrated_once_by_nodes_starting_together(
@@ -270,7 +279,7 @@ async def test_losing_the_database_is_a_503_and_the_node_recovers(
     with pytest.raises(StorageUnavailable):
         await asyncio.wait_for(waiter, 30.0)
     # (records already read stay readable from the node's cache: they never change)
-    for operation in (a.append("outage", batch(ev(1))), a.read("outage", 1),
+    for operation in (a.append("outage", batch(ev(1))), a.records("outage", 1),
                       a.head("outage"), a.streams(), a.ping()):
         with pytest.raises(StorageUnavailable) as caught:
             await operation
@@ -331,7 +340,7 @@ async def test_session_settings_never_weaken_durability(node: Node) -> None:
     except that synchronous_commit is never off (an ack would not mean durable)."""
     dsn = require_postgres()
     a = await node(f"{dsn}?options=-c%20lock_timeout%3D1234%20-c%20synchronous_commit%3Doff")
-    async with a._connection("test") as conn:
+    async with a.pg._connection("test") as conn:
         settings = {}
         for name in ("lock_timeout", "idle_in_transaction_session_timeout",
                      "synchronous_commit", "application_name"):

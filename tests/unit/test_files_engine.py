@@ -38,7 +38,6 @@ import msgspec
 import pytest
 
 from herald import codec
-from herald.client import events_from_record
 from herald.engines.files import (
     INDEX_INTERVAL_BYTES,
     FilesConfig,
@@ -46,6 +45,7 @@ from herald.engines.files import (
     check_data_dir,
 )
 from herald.errors import CorruptRecord, ServerError, StorageUnavailable
+from herald.hub import Hub
 from herald.model import Batch, Event, Limits
 
 STREAM = "orders"
@@ -62,25 +62,17 @@ def make_batch(first: int, count: int, pad: int = 100, ids: bool = False) -> Bat
 
 
 @asynccontextmanager
-async def opened(root: Path, segment_bytes: int = 1 << 20) -> AsyncIterator[FilesEngine]:
-    engine = FilesEngine(FilesConfig(root, segment_bytes=segment_bytes))
-    await engine.open()
-    try:
-        yield engine
-    finally:
-        await engine.close()
+async def opened(root: Path, segment_bytes: int = 1 << 20,
+                 limits: Limits | None = None) -> AsyncIterator[Hub]:
+    """A hub over a files engine on ``root``: what appends and reads go through."""
+    limits = limits or Limits()
+    async with Hub(FilesEngine(FilesConfig(root, segment_bytes=segment_bytes)),
+                   limits) as hub:
+        yield hub
 
 
-async def read_all(engine: FilesEngine, start: int = 0) -> list[Event]:
-    events: list[Event] = []
-    position = start
-    while True:
-        records = await engine.read(STREAM, position)
-        if not records:
-            return events
-        for record in records:
-            events += events_from_record(record, position)
-            position = record.end
+async def read_all(engine: Hub, start: int = 0) -> list[Event]:
+    return [event async for event in engine.events(STREAM, start)]
 
 
 def summary(events: list[Event]) -> list[tuple[int, str, object]]:
@@ -242,7 +234,7 @@ async def test_damage_with_records_after_it_is_never_cut(tmp_path: Path, field: 
         assert (caught.value.details["first"], caught.value.details["last"]) == (damaged, damaged)
         # The records after the damage still count and read: the head did not move back.
         assert await engine.head(STREAM) == 10
-        assert [r.base for r in await engine.read(STREAM, 0)] == list(range(damaged))
+        assert [r.base for r in await engine.records(STREAM, 0)] == list(range(damaged))
         with pytest.raises(CorruptRecord) as caught:
             await read_all(engine)
         assert (caught.value.details["first"], caught.value.details["last"]) == (damaged, damaged)
@@ -452,7 +444,7 @@ async def test_mid_segment_damage_names_the_range_and_later_positions_still_read
         for start in (32, 33, indexed[2] - 1, indexed[2], indexed[2] + 1, 119):
             assert summary(await read_all(engine, start)) == before[start:]
         # the records before the damage are served up to it
-        records = await engine.read(STREAM, 0, max_bytes=100)
+        records = await engine.records(STREAM, 0, max_bytes=100)
         assert records and records[0].base == 0
 
     report = check_data_dir(tmp_path)

@@ -31,8 +31,9 @@ from pathlib import Path
 
 import pytest
 
-from herald.engines.files import FilesConfig, FilesEngine, check_data_dir
+from herald.engines.files import check_data_dir
 from herald.errors import CorruptRecord, ServerError, StorageFull
+from herald.hub import Hub
 from herald.model import Limits
 
 from ..conftest import PAGE, fill_up, small_filesystem
@@ -54,7 +55,7 @@ from .test_files_engine import (
 # --- a full disk -------------------------------------------------------------------------
 
 
-async def append_until_full(engine: FilesEngine, pad: int = 100) -> int:
+async def append_until_full(engine: Hub, pad: int = 100) -> int:
     """Append one-event batches until the disk is full; return the head."""
     for _ in range(10_000):
         head = await engine.head(STREAM)
@@ -199,21 +200,21 @@ FIELDS = {"magic": 0, "version": 4, "flags": 5, "base": 8, "count": 16, "time": 
           "length": 28, "crc": 32, "body": 50}
 
 
-async def assert_damaged(engine: FilesEngine, first: int, last: int,
+async def assert_damaged(engine: Hub, first: int, last: int,
                          before: list[tuple[int, str, object]]) -> None:
     """Reads of first…last fail naming exactly that range; every other position reads."""
     for start in {first, (first + last) // 2, last}:
         with pytest.raises(CorruptRecord) as caught:
-            await engine.read(STREAM, start)
+            await engine.records(STREAM, start)
         error = caught.value
         assert (error.details["first"], error.details["last"]) == (first, last), error.message
         assert error.code == "corrupt_record" and error.status == 500
     with pytest.raises(CorruptRecord):
         await read_all(engine)
-    up_to = [r.base for r in await engine.read(STREAM, 0)]
+    up_to = [r.base for r in await engine.records(STREAM, 0)]
     assert up_to and up_to[-1] < first, "the records before the damage are served"
     for start in range(0, first):
-        records = await engine.read(STREAM, start)
+        records = await engine.records(STREAM, start)
         assert records[0].base <= start < records[-1].end <= first
     for start in range(last + 1, len(before)):
         assert summary(await read_all(engine, start)) == before[start:]
@@ -293,8 +294,7 @@ async def test_damage_at_the_end_of_a_sealed_segment_runs_to_the_next_segment(
         assert (caught.value.details["first"], caught.value.details["last"]) == (
             base, next_base - 1)
     # With the damage older than the window, appends go on.
-    engine = FilesEngine(FilesConfig(tmp_path, 4096), Limits(dedup_window=10))
-    async with engine:
+    async with opened(tmp_path, 4096, Limits(dedup_window=10)) as engine:
         assert (await engine.append(STREAM, make_batch(120, 1))).first == 120
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from herald.codec import Record
-from herald.engines.tail import TailCache
+from herald.hub.tail import TailCache
 
 
 def record(base: int, count: int = 10, size: int = 100) -> Record:

@@ -12,7 +12,7 @@ import hashlib
 from collections.abc import Sequence
 from html import escape
 
-from ... import __version__
+from ...version import __version__
 from ...model import StreamInfo
 
 __all__ = ["render_home", "DASHBOARD_HEADERS"]
