@@ -96,18 +96,42 @@ class Appender:
         self._written = written
         self._slots: dict[str, _Slot] = {}
         self._closing = False
+        self._active = 0  # appends accepted and not yet answered
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def close(self) -> None:
-        """Finish the appends already accepted; refuse new ones."""
+        """Finish the appends already accepted (even one still loading its stream's
+        state); refuse new ones."""
         self._closing = True
+        await self._idle.wait()
         writers = [s.writer for s in self._slots.values() if s.writer is not None]
         if writers:
             await asyncio.gather(*writers, return_exceptions=True)
+
+    def durable_head(self, stream: str) -> int | None:
+        """The stream's durable head if this process is its only writer and knows
+        it (an engine that is not shared, a stream appended to since the start)."""
+        slot = self._slots.get(stream)
+        if self.shared or slot is None or not slot.loaded:
+            return None
+        return slot.durable
 
     async def append(self, stream: str, batch: Batch,
                      expected_head: int | None = None) -> AppendResult:
         if self._closing:
             raise StorageUnavailable("Herald is shutting down")
+        self._active += 1
+        self._idle.clear()
+        try:
+            return await self._append(stream, batch, expected_head)
+        finally:
+            self._active -= 1
+            if self._active == 0:
+                self._idle.set()
+
+    async def _append(self, stream: str, batch: Batch,
+                      expected_head: int | None) -> AppendResult:
         validate_stream_name(stream)
         if not batch.events:
             raise EmptyBatch("a batch needs at least one event")
@@ -247,9 +271,11 @@ class Appender:
         the failed ones would land. The state goes back to the durable head."""
         doomed, slot.queue = failed + slot.queue, []
         self._fail(doomed, error)
-        slot.head = slot.durable
-        if slot.window is not None:
-            slot.window.forget_from(slot.durable)
+        # Loaded again from the storage at the next append: the window was pruned as
+        # if the failed appends had landed, and forgetting them would not bring back
+        # the ids they pushed out (a retry of one of those would be appended twice).
+        slot.loaded = False
+        slot.window = None
 
     @staticmethod
     def _fail(items: list[_Item], error: HeraldError) -> None:
@@ -274,11 +300,17 @@ class Appender:
 
         replace = Replace(wanted, self.window, placed)
         for _attempt in range(MAX_ATTEMPTS):
-            if wanted or not slot.loaded:
-                state = await self.engine.load(slot.name, self.window, wanted)
-            else:
+            guessed = not wanted and slot.loaded
+            if guessed:
                 state = StreamState(slot.durable, slot.last_time)
+            else:
+                state = await self.engine.load(slot.name, self.window, wanted)
             write = placed(state)
+            if guessed and not write.written:
+                # Only conflicts, judged against a guess the storage never checked
+                # (nothing is written): ask the storage.
+                slot.loaded = False
+                continue
             error: HeraldError | None = None
             durable: int | None = None
             if write.written:

@@ -149,6 +149,9 @@ class Hub:
         cached = self.tail.get(stream, start, max_bytes)
         if cached is not None:
             return cached
+        durable = self._appender.durable_head(stream)
+        if durable is not None and start >= durable:
+            return []  # the only writer knows: nothing there yet (a live reader)
         records = await self._engine.read(stream, start, max_bytes)
         if records:
             self.heads.advance(stream, records[-1].end)

@@ -154,7 +154,16 @@ class Watcher:
         watch = self._watch
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while waiters.head <= position and not watch._closing:
+        while True:
+            if waiters.alarms != self._alarms:
+                # The node may have lost its storage (an alarm, perhaps while the
+                # caller was still reading): ask it. If it cannot be reached this
+                # raises StorageUnavailable, and the subscriber moves to a node that
+                # can serve it.
+                self._alarms = waiters.alarms
+                watch.advance(self.stream, await watch.engine.head(self.stream))
+            if waiters.head > position or watch._closing:
+                break
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
@@ -164,10 +173,4 @@ class Watcher:
             # cancellation that arrives as the future completes (CPython gh-86296).
             # wait() never cancels the shared future.
             await asyncio.wait((waiters.changed,), timeout=remaining)
-            if waiters.alarms != self._alarms:
-                # The node may have lost its storage: ask it. If it cannot be
-                # reached this raises StorageUnavailable, and the subscriber moves
-                # to a node that can serve it.
-                self._alarms = waiters.alarms
-                watch.advance(self.stream, await watch.engine.head(self.stream))
         return waiters.head
