@@ -6,10 +6,12 @@ that names the key (``[server] listen: expected "HOST:PORT"``).
 
 Environment variables: ``HERALD_DATA`` for the top-level ``data`` key, and
 ``HERALD_<SECTION>_<KEY>`` for scalar keys, e.g. ``HERALD_SERVER_LISTEN``,
-``HERALD_STORAGE_ENGINE``, ``HERALD_STORAGE_DSN``, ``HERALD_LIMITS_DEDUP_WINDOW``,
-``HERALD_TLS_CLIENT_CA``. Principals (``[[principal]]``), dashboard users
-(``[[user]]``) and gatherers (``[[gather]]``, one per source, see GatherConfig) are
-lists of tables and live in the file only.
+``HERALD_LIMITS_DEDUP_WINDOW``, ``HERALD_TLS_CLIENT_CA``; ``HERALD_STORAGE_ENGINE``
+and ``HERALD_STORAGE_<ENGINE>_<KEY>`` for the engine's own table (``[storage.postgres]
+dsn``: ``HERALD_STORAGE_POSTGRES_DSN``, or the older ``HERALD_STORAGE_DSN``).
+Principals (``[[principal]]``), dashboard users (``[[user]]``) and gatherers
+(``[[gather]]``, one per source, see GatherConfig) are lists of tables and live in
+the file only.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ __all__ = [
     "ConfigError",
     "PrincipalConfig",
     "GatherConfig",
-    "GATHER_SOURCES",
+    "SettingError",
     "ServerConfig",
     "UserConfig",
     "StorageConfig",
@@ -190,72 +192,93 @@ class UserConfig:
             raise ConfigError(f"[[user]] {self.name} password_hash: {exc}") from exc
 
 
+# Keys older configurations put in [storage] itself, and the engine each belongs to
+# now: ``[storage] dsn`` is read as ``[storage.postgres] dsn``. A closed list (new
+# engines have only their own table).
+LEGACY_STORAGE_KEYS = {"dsn": "postgres", "schema": "postgres", "pool_size": "postgres",
+                       "segment_bytes": "files"}
+_ENGINE_NAME = re.compile(r"[a-z][a-z0-9-]{0,30}")
+
+
 @dataclass(frozen=True)
 class StorageConfig:
+    """``[storage]``: the engine, and each engine's own table ``[storage.<engine>]``.
+
+    The tables stay raw here: each engine parses its own with its settings class
+    (``herald.engines.create_engine``), so adding an engine never touches this file.
+    """
+
     engine: str = "files"
-    # postgres: a libpq connection string or URI ("postgresql://user@host/db").
-    dsn: str | None = None
-    segment_bytes: int = 256 * 1024 * 1024
-    # postgres: the schema Herald's tables live in (created on start). Several
-    # Herald deployments can share one database under different schemas.
-    schema: str = "herald"
-    # postgres: connections per node. Each node needs one more for LISTEN.
-    pool_size: int = 10
+    # engine name → its table, as written (values from the environment are strings)
+    sections: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        # Checked here too (not only by the files engine) so a bad value is a
-        # ConfigError naming the key, not a traceback from inside the engine.
-        if self.segment_bytes < 4096:
-            raise ValueError("storage.segment_bytes must be at least 4096")
+    def section(self, engine: str | None = None) -> dict[str, Any]:
+        """The table of ``engine`` (the configured one by default)."""
+        return dict(self.sections.get(engine or self.engine, {}))
 
 
-# The kinds of source a gatherer reads (herald.gather.SOURCES maps them to classes).
-GATHER_SOURCES = ("sqlite", "postgres", "mysql", "eventsourcing")
-_SQL_SOURCES = ("sqlite", "postgres", "mysql")
+def _storage(table: Any, environ: Mapping[str, str] | None = None) -> StorageConfig:
+    if not isinstance(table, Mapping):
+        raise ConfigError("[storage]: expected a table")
+    engine = _coerce(table.get("engine", "files"), str, "[storage] engine")
+    if not _ENGINE_NAME.fullmatch(engine):
+        raise ConfigError(f"[storage] engine: {engine!r} is not an engine name")
+    sections: dict[str, dict[str, Any]] = {}
+    legacy: dict[str, dict[str, Any]] = {}
+    for key, value in table.items():
+        if key == "engine":
+            continue
+        if isinstance(value, Mapping):
+            if not _ENGINE_NAME.fullmatch(key):
+                raise ConfigError(f"[storage.{key}]: {key!r} is not an engine name")
+            sections[key] = dict(value)
+        elif key in LEGACY_STORAGE_KEYS:
+            legacy.setdefault(LEGACY_STORAGE_KEYS[key], {})[key] = value
+        else:
+            raise ConfigError(f"[storage] {key}: unknown key (engine, or a table "
+                              f"[storage.<engine>] of the engine's own keys)")
+    for name, keys in legacy.items():
+        section = sections.setdefault(name, {})
+        for key, value in keys.items():
+            if key in section and section[key] != value:
+                raise ConfigError(f"[storage] {key} and [storage.{name}] {key}: both given; "
+                                  f"keep [storage.{name}] {key}")
+            section.setdefault(key, value)
+    return StorageConfig(engine=engine, sections=sections)
+
+
 # A gatherer's name is stamped on every event it gathers (meta.source) and appears in
 # URLs and checkpoint names: the alphabet of a stream name, and short.
 MAX_GATHERER_NAME_LENGTH = 64
 _GATHERER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-# A table name, optionally schema-qualified. Checked, then quoted by each driver: the
-# config is trusted, but a typo should be an error, not SQL.
-_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?")
-_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
 # Rows per append while backfilling. A batch is one record: 2,000 rows of ~200 bytes
 # are ~400 KiB, large enough that the per-append cost (one fsync) is shared by many
 # rows, small enough to keep a gatherer's memory and a reader's skip-into-batch small.
 DEFAULT_GATHER_BATCH = 2000
-GATHER_FIELDS = ("id", "type", "data", "meta")
 
 
 @dataclass(frozen=True)
 class GatherConfig:
     """One ``[[gather]]`` table: copy one source into one stream, exactly once.
 
-    SQL sources (``sqlite``, ``postgres``, ``mysql``) read ``table`` — or a custom
-    ``query`` with ``%(after)s`` and ``%(limit)s`` — ordered by the increasing integer
-    column ``position``; ``columns`` maps Herald's fields (``id``, ``type``, ``data``,
-    ``meta``) to source columns. ``eventsourcing`` reads the notification log of the
-    application named ``application``, whose persistence is configured by ``env``
-    exactly as the application's own environment configures it.
+    Only what every gatherer has is parsed here; the table's other keys are the
+    source's own (``dsn``, ``table``, ``application``…), kept raw in ``options`` and
+    parsed by the source's settings class when the node starts
+    (``herald.gather.manager.create_source``), so adding a source never touches
+    this file.
     """
 
     name: str
     stream: str
+    # the source kind, a key of herald.gather.manager.SOURCES (checked there)
     source: str
-    # repr=False: a DSN or an env may hold a password; a config is never logged whole.
-    dsn: str | None = field(default=None, repr=False)
-    table: str | None = None
-    query: str | None = None
-    position: str = "id"
-    columns: dict[str, str] = field(default_factory=lambda: {"type": "type", "data": "data"})
-    # PostgreSQL: a channel to LISTEN on for a low-latency wake-up (a trigger on the
-    # table NOTIFYs it; see docs/gathering.md). Without it the gatherer polls.
-    notify: str | None = None
     batch: int = DEFAULT_GATHER_BATCH
-    # eventsourcing only
-    application: str | None = None
-    env: dict[str, str] = field(default_factory=dict, repr=False)
-    state: str = "json"
+    # The source's keys, as written. repr=False: a DSN or an env may hold a password,
+    # and a config is never logged whole.
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    # The config file's directory: a relative path among the options (a SQLite dsn)
+    # is relative to it. None: to the working directory.
+    base: Path | None = None
 
     def __post_init__(self) -> None:
         where = f"[[gather]] {self.name}"
@@ -266,57 +289,10 @@ class GatherConfig:
             validate_stream_name(self.stream)
         except HeraldError as exc:
             raise ConfigError(f"{where} stream: {exc.message}") from None
-        if self.source not in GATHER_SOURCES:
-            raise ConfigError(f"{where} source: unknown source {self.source!r} "
-                              f"(known: {', '.join(GATHER_SOURCES)})")
+        if not self.source:
+            raise ConfigError(f"{where} source: must name a source (sqlite, postgres…)")
         if not 1 <= self.batch <= Limits.max_batch_events:
             raise ConfigError(f"{where} batch: must be 1 to {Limits.max_batch_events}")
-        if self.source in _SQL_SOURCES:
-            self._check_sql(where)
-        else:
-            self._check_eventsourcing(where)
-
-    def _check_sql(self, where: str) -> None:
-        if not self.dsn:
-            raise ConfigError(f"{where} dsn: required for a {self.source} source")
-        if self.table is None and self.query is None:
-            raise ConfigError(f"{where}: give a table or a query")
-        if self.table is not None and not _TABLE_NAME.fullmatch(self.table):
-            raise ConfigError(f"{where} table: {self.table!r} is not a table name")
-        if self.query is not None and not ("%(after)s" in self.query
-                                           and "%(limit)s" in self.query):
-            raise ConfigError(f"{where} query: must use %(after)s and %(limit)s "
-                              "(rows with position > after, ordered by position, at most limit)")
-        unknown = set(self.columns) - set(GATHER_FIELDS)
-        if unknown:
-            raise ConfigError(f"{where} columns: unknown field {sorted(unknown)[0]!r} "
-                              f"(known: {', '.join(GATHER_FIELDS)})")
-        for name in ("type", "data"):
-            if name not in self.columns:
-                raise ConfigError(f"{where} columns: {name} is required")
-        for column in (self.position, *self.columns.values()):
-            if not _COLUMN_NAME.fullmatch(column):
-                raise ConfigError(f"{where} columns: {column!r} is not a column name")
-        if self.notify is not None and self.source != "postgres":
-            raise ConfigError(f"{where} notify: only a postgres source can LISTEN")
-        for key in ("application", "env"):
-            if getattr(self, key):
-                raise ConfigError(f"{where} {key}: only for an eventsourcing source")
-
-    def _check_eventsourcing(self, where: str) -> None:
-        if not self.application:
-            raise ConfigError(f"{where} application: required for an eventsourcing source "
-                              "(the application's name, e.g. \"DogSchool\")")
-        module = self.env.get("PERSISTENCE_MODULE", "")
-        if module not in ("eventsourcing.sqlite", "eventsourcing.postgres"):
-            raise ConfigError(f"{where} env: PERSISTENCE_MODULE must be eventsourcing.sqlite "
-                              f"or eventsourcing.postgres, not {module!r}")
-        if self.state not in ("json", "base64"):
-            raise ConfigError(f"{where} state: must be json or base64")
-        for key in ("dsn", "table", "query", "notify"):
-            if getattr(self, key) is not None:
-                raise ConfigError(f"{where} {key}: not for an eventsourcing source "
-                                  "(configure it in env, as the application does)")
 
 
 @dataclass(frozen=True)
@@ -342,7 +318,6 @@ class Config:
 _SECTIONS: dict[str, type[Any]] = {
     "server": ServerConfig,
     "tls": TLSConfig,
-    "storage": StorageConfig,
     "limits": Limits,
 }
 
@@ -401,17 +376,35 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     return value
 
 
+class SettingError(ValueError):
+    """Raised by a settings class's checks (``__post_init__``) that know the key at
+    fault but not the table's label: ``build_section`` names both, as in
+    ``[[gather]] inventory-db dsn: required for a postgres source``."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
 def build_section(cls: type[Any], table: Mapping[str, Any], section: str,
                   base: Path | None = None, *, label: str | None = None) -> Any:
-    """Build a section dataclass from a table, naming any bad key."""
+    """Build a section dataclass from a table, naming any bad key.
+
+    A class may say, in ``misplaced_keys`` (a ClassVar: key → message), why a key
+    that is not its own is wrong here: people write it, in the wrong place.
+    """
     label = label or f"[{section}]"
     if not isinstance(table, Mapping):
         raise ConfigError(f"{label}: expected a table")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    misplaced: Mapping[str, str] = getattr(cls, "misplaced_keys", {})
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in names:
+            if key in misplaced:
+                raise ConfigError(f"{label} {key}: {misplaced[key]}")
             raise ConfigError(f"{label} {key}: unknown key (known: {', '.join(sorted(names))})")
         coerced = _coerce(value, hints[key], f"{label} {key}")
         if isinstance(coerced, Path) and base is not None and not coerced.is_absolute():
@@ -419,16 +412,41 @@ def build_section(cls: type[Any], table: Mapping[str, Any], section: str,
         values[key] = coerced
     try:
         return cls(**values)
+    except SettingError as exc:
+        where = f"{label} {exc.key}" if exc.key else label
+        raise ConfigError(f"{where}: {exc.message}") from None
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{label}: {exc}") from exc
 
 
-def _from_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+def _storage_environment(environ: Mapping[str, str], engine: str) -> dict[str, Any]:
+    """``HERALD_STORAGE_ENGINE``, the legacy ``HERALD_STORAGE_DSN`` (and the other
+    LEGACY_STORAGE_KEYS), and ``HERALD_STORAGE_<ENGINE>_<KEY>`` for the configured
+    engine's own table (``azure-blob``: ``HERALD_STORAGE_AZURE_BLOB_…``)."""
+    table: dict[str, Any] = {}
+    if "HERALD_STORAGE_ENGINE" in environ:
+        table["engine"] = environ["HERALD_STORAGE_ENGINE"]
+        engine = environ["HERALD_STORAGE_ENGINE"]
+    for key, owner in LEGACY_STORAGE_KEYS.items():
+        if f"HERALD_STORAGE_{key.upper()}" in environ:  # into the owner's table: the
+            # environment overrides the file's [storage.<owner>] key, as everywhere
+            table.setdefault(owner, {})[key] = environ[f"HERALD_STORAGE_{key.upper()}"]
+    prefix = f"HERALD_STORAGE_{engine.upper().replace('-', '_')}_"
+    for name, value in environ.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            table.setdefault(engine, {})[name[len(prefix):].lower()] = value
+    return table
+
+
+def _from_environment(environ: Mapping[str, str], engine: str = "files") -> dict[str, Any]:
     tables: dict[str, Any] = {}
     if "HERALD_DATA" in environ:
         tables["data"] = str(Path(environ["HERALD_DATA"]).absolute())
+    storage = _storage_environment(environ, engine)
+    if storage:
+        tables["storage"] = storage
     for section, cls in _SECTIONS.items():
         prefix = f"HERALD_{section.upper()}_"
         hints = typing.get_type_hints(cls)
@@ -472,7 +490,9 @@ def load_config(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from exc
         base = Path(path).parent
-    env = _from_environment(os.environ if environ is None else environ)
+    file_storage = raw.get("storage")
+    engine = file_storage.get("engine", "files") if isinstance(file_storage, Mapping) else "files"
+    env = _from_environment(os.environ if environ is None else environ, str(engine))
     _merge(raw, env)
     if overrides:
         _merge(raw, overrides)
@@ -531,6 +551,8 @@ def config_from_dict(raw: Mapping[str, Any], base: Path | None = None) -> Config
         if key == "data":
             data = _coerce(value, Path, "data")
             values["data"] = base / data if base is not None and not data.is_absolute() else data
+        elif key == "storage":
+            values[key] = _storage(value)
         elif key in _SECTIONS:
             values[key] = build_section(_SECTIONS[key], value, key, base)
         elif key in _LISTS:
@@ -538,11 +560,15 @@ def config_from_dict(raw: Mapping[str, Any], base: Path | None = None) -> Config
         elif key == "gather":
             values[key] = _gatherers(value, base)
         else:
-            known = ", ".join(["data", *(f"[{s}]" for s in _SECTIONS),
+            known = ", ".join(["data", "[storage]", *(f"[{s}]" for s in _SECTIONS),
                                *(f"[[{s}]]" for s in _LISTS), "[[gather]]"])
             raise ConfigError(f"{key}: unknown key (known: {known})")
     _check_principals(values.get("principals", ()))
     return Config(**values)
+
+
+# The keys of a [[gather]] table that are the gatherer's; the others are its source's.
+_GATHER_KEYS = ("name", "stream", "source", "batch")
 
 
 def _gatherers(value: Any, base: Path | None) -> tuple[GatherConfig, ...]:
@@ -556,13 +582,13 @@ def _gatherers(value: Any, base: Path | None) -> tuple[GatherConfig, ...]:
         for required in ("name", "stream", "source"):
             if required not in table:
                 raise ConfigError(f"{label}: {required} is required")
-        gatherer: GatherConfig = build_section(GatherConfig, table, f"gather {table['name']}")
-        if gatherer.source == "sqlite" and base is not None and gatherer.dsn:
-            # A SQLite path in the file is relative to the file, like every path.
-            path = Path(gatherer.dsn.removeprefix("sqlite:///").removeprefix("sqlite://"))
-            if not path.is_absolute():
-                gatherer = dataclasses.replace(gatherer, dsn=str(base / path))
-        gatherers.append(gatherer)
+        own = {k: v for k, v in table.items() if k in _GATHER_KEYS}
+        options = {k: v for k, v in table.items() if k not in _GATHER_KEYS}
+        name = table["name"]
+        gatherer: GatherConfig = build_section(
+            GatherConfig, own, "gather", label=f"[[gather]] {name}" if isinstance(name, str)
+            else label)
+        gatherers.append(dataclasses.replace(gatherer, options=options, base=base))
     names = [g.name for g in gatherers]
     streams = [g.stream for g in gatherers]
     for index, gatherer in enumerate(gatherers):

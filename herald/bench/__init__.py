@@ -138,8 +138,8 @@ def engine_server(engine: str, dsn: str | None = None) -> Iterator[Server]:
     schema = f"bench_{uuid.uuid4().hex[:12]}"
     config = directory / "herald.toml"
     # json.dumps: a TOML basic string, whatever quotes or backslashes the DSN holds.
-    config.write_text(f'[storage]\nengine = "postgres"\ndsn = {json.dumps(dsn)}\n'
-                      f'schema = "{schema}"\n')
+    config.write_text(f'[storage]\nengine = "postgres"\n\n[storage.postgres]\n'
+                      f'dsn = {json.dumps(dsn)}\nschema = "{schema}"\n')
     try:
         with herald_server(directory / "data", ["--config", str(config)]) as server:
             yield server

@@ -43,12 +43,15 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from ..codec import Record
 from ..errors import HeraldError
 from ..model import StreamInfo
 from ..placement import Placed, StreamState
+
+if TYPE_CHECKING:
+    from ..config import Config
 
 __all__ = [
     "READ_CHUNK_BYTES",
@@ -57,6 +60,7 @@ __all__ = [
     "Engine",
     "HeadListener",
     "HeadMoved",
+    "NoSettings",
     "PartlyWritten",
     "Replace",
     "SharedEngine",
@@ -163,10 +167,22 @@ def validate_checkpoint_name(name: str) -> str:
     return name
 
 
+@dataclass(frozen=True)
+class NoSettings:
+    """The settings of an engine without keys of its own."""
+
+
 class Engine(abc.ABC):
     """Storage for streams. Used from one asyncio event loop."""
 
     name: str = "engine"
+    # The dataclass of the engine's own table, [storage.<name>] (engines/__init__.py).
+    settings: ClassVar[type[Any]] = NoSettings
+
+    @classmethod
+    @abc.abstractmethod
+    def from_config(cls, config: Config, settings: Any) -> Engine:
+        """The engine for ``config``, with ``settings`` parsed from its table."""
 
     @property
     def location(self) -> str | None:

@@ -70,7 +70,7 @@ from .base import (
 if TYPE_CHECKING:
     from ..config import Config
 
-__all__ = ["FilesConfig", "FilesEngine", "check_data_dir", "CheckReport", "Damage"]
+__all__ = ["CheckReport", "Damage", "FilesConfig", "FilesEngine", "FilesSettings", "check_data_dir"]
 
 log = logging.getLogger("herald.files")
 
@@ -101,13 +101,24 @@ _ids_decoder = msgspec.json.Decoder(_IdsOnly)
 
 
 @dataclass(frozen=True)
+class FilesSettings:
+    """``[storage.files]``: the engine's own keys (docs/configuration.md)."""
+
+    # Segments roll when the next record would take them past this size.
+    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+
+    def __post_init__(self) -> None:
+        if self.segment_bytes < 4096:
+            raise ValueError("segment_bytes must be at least 4096")
+
+
+@dataclass(frozen=True)
 class FilesConfig:
     data_dir: Path
     segment_bytes: int = DEFAULT_SEGMENT_BYTES
 
     def __post_init__(self) -> None:
-        if self.segment_bytes < 4096:
-            raise ValueError("storage.segment_bytes must be at least 4096")
+        FilesSettings(self.segment_bytes)  # the same check
 
 
 def _segment_name(base: int) -> str:
@@ -499,9 +510,11 @@ class FilesEngine(Engine):
         self._lock_fd: int | None = None
         self._closing = False
 
+    settings = FilesSettings
+
     @classmethod
-    def from_config(cls, config: Config) -> FilesEngine:
-        return cls(FilesConfig(config.data, config.storage.segment_bytes))
+    def from_config(cls, config: Config, settings: FilesSettings) -> FilesEngine:
+        return cls(FilesConfig(config.data, settings.segment_bytes))
 
     # lifecycle
 

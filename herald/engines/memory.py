@@ -65,7 +65,7 @@ class MemoryEngine(Engine):
         self._open = False
 
     @classmethod
-    def from_config(cls, config: Config) -> MemoryEngine:
+    def from_config(cls, config: Config, settings: object) -> MemoryEngine:
         return cls()
 
     @property

@@ -58,7 +58,7 @@ import logging
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .. import codec
@@ -144,23 +144,39 @@ _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 @dataclass(frozen=True)
 class PostgresConfig:
-    dsn: str
+    """``[storage.postgres]``: the engine's own keys (docs/configuration.md)."""
+
+    # A libpq connection string or URI ("postgresql://user@host/db"). Required;
+    # None only so that its absence is a clear error, not a missing argument.
+    dsn: str | None = field(default=None, repr=False)
+    # The schema Herald's tables live in (created on start). Several Herald
+    # deployments can share one database under different schemas.
     schema: str = "herald"
+    # Connections per node. Each node needs one more for LISTEN.
     pool_size: int = 10
 
     def __post_init__(self) -> None:
+        if not self.dsn:
+            raise ConfigError('[storage.postgres] dsn: required for engine = "postgres" '
+                              "(or set HERALD_STORAGE_POSTGRES_DSN)")
         # The schema name is spliced into SQL (quoted); only a plain lower-case
         # identifier is accepted, so quoting can never be escaped.
         if not _SCHEMA_NAME.fullmatch(self.schema):
-            raise ConfigError("[storage] schema: expected a lower-case SQL identifier "
-                              f"(a-z, 0-9, _; at most 63 characters), got {self.schema!r}")
+            raise ConfigError("[storage.postgres] schema: expected a lower-case SQL "
+                              "identifier (a-z, 0-9, _; at most 63 characters), got "
+                              f"{self.schema!r}")
         if self.pool_size < 1:
-            raise ConfigError("[storage] pool_size: must be at least 1")
+            raise ConfigError("[storage.postgres] pool_size: must be at least 1")
         try:
             conninfo_to_dict(self.dsn)
         except psycopg.ProgrammingError as exc:
-            raise ConfigError(f"[storage] dsn: not a PostgreSQL connection string "
+            raise ConfigError(f"[storage.postgres] dsn: not a PostgreSQL connection string "
                               f"({_first_line(exc)})") from None
+
+    @property
+    def conninfo(self) -> str:
+        assert self.dsn is not None  # checked above
+        return self.dsn
 
     @property
     def channel(self) -> str:
@@ -284,18 +300,15 @@ class PostgresEngine(SharedEngine):
         self._unannounced: dict[str, int] = {}
         self._announcing = asyncio.Event()
 
+    settings = PostgresConfig
+
     @classmethod
-    def from_config(cls, config: Config) -> PostgresEngine:
-        storage = config.storage
-        if not storage.dsn:
-            raise ConfigError('[storage] dsn: required for engine = "postgres" '
-                              "(or set HERALD_STORAGE_DSN)")
-        return cls(PostgresConfig(storage.dsn, storage.schema, storage.pool_size),
-                   config.limits)
+    def from_config(cls, config: Config, settings: PostgresConfig) -> PostgresEngine:
+        return cls(settings, config.limits)
 
     @property
     def location(self) -> str:
-        return f"PostgreSQL {redact(self.config.dsn)}, schema {self.config.schema}"
+        return f"PostgreSQL {redact(self.config.conninfo)}, schema {self.config.schema}"
 
     def watch(self, listener: HeadListener) -> None:
         self._listener = listener
@@ -303,7 +316,7 @@ class PostgresEngine(SharedEngine):
     # lifecycle
 
     def _conninfo(self) -> str:
-        params = conninfo_to_dict(self.config.dsn)
+        params = conninfo_to_dict(self.config.conninfo)
         extra = {k: v for k, v in CONNECTION_DEFAULTS.items() if k not in params}
         if "application_name" not in params:
             extra["application_name"] = APPLICATION_NAME
@@ -313,7 +326,7 @@ class PostgresEngine(SharedEngine):
         options = (f"-c lock_timeout={LOCK_TIMEOUT_MS} "
                    f"-c idle_in_transaction_session_timeout={IDLE_IN_TRANSACTION_TIMEOUT_MS}")
         extra["options"] = f"{options} {params['options']}" if params.get("options") else options
-        return make_conninfo(self.config.dsn, **extra)
+        return make_conninfo(self.config.conninfo, **extra)
 
     async def open(self) -> None:
         self._closing = False
@@ -329,7 +342,7 @@ class PostgresEngine(SharedEngine):
         except psycopg_pool.PoolTimeout as exc:
             await pool.close()
             raise StorageUnavailable(
-                f"cannot connect to PostgreSQL at {redact(self.config.dsn)} within "
+                f"cannot connect to PostgreSQL at {redact(self.config.conninfo)} within "
                 f"{OPEN_TIMEOUT_SECONDS:.0f} s: {await self._why_not(conninfo)}") from exc
         self._pool = pool
         try:

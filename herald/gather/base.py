@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import msgspec
 from msgspec import UNSET
@@ -128,14 +128,22 @@ class Source(abc.ABC):
 
     Every method blocks; a gatherer calls them from its own thread, one at a time.
     Errors are HeraldErrors: ``SourceUnavailable`` for anything worth retrying.
+    Built by ``manager.create_source`` from the gatherer's config and its parsed
+    ``settings``; a new kind of source is one class and one entry in manager.SOURCES.
     """
 
     kind: str = "source"
     # True when ``wait`` returns early on new rows (LISTEN/NOTIFY); else it is polled.
     wakes: bool = False
+    # The frozen dataclass of the source's own keys in its [[gather]] table (all but
+    # name, stream, source and batch), parsed by manager.create_source; its checks
+    # raise config.SettingError naming the key.
+    settings: ClassVar[type[Any]]
 
-    def __init__(self, config: GatherConfig) -> None:
+    def __init__(self, config: GatherConfig, options: Any) -> None:
         self.config = config
+        # the parsed settings: an instance of ``settings``
+        self.options = options
 
     @abc.abstractmethod
     def open(self) -> None:

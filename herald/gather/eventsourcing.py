@@ -31,18 +31,20 @@ from __future__ import annotations
 import base64
 import dataclasses
 import os
-from typing import Any
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 from uuid import UUID
 
 import msgspec
 
-from ..config import GatherConfig
+from ..config import GatherConfig, SettingError
 from ..errors import SourceError
 from ..model import NewEvent
 from .base import Source, SourceRead, Unmappable
-from .sql import PostgresSource, SqliteSource, pg_describe
+from .sql import PostgresSettings, PostgresSource, SqliteSettings, SqliteSource, pg_describe
 
-__all__ = ["EventsourcingSource", "unwrap"]
+__all__ = ["EventsourcingSettings", "EventsourcingSource", "unwrap"]
 
 _decoder = msgspec.json.Decoder()
 _encoder = msgspec.json.Encoder()
@@ -62,20 +64,56 @@ def unwrap(value: Any) -> Any:
     return value
 
 
+_IN_ENV = "not for an eventsourcing source (configure it in env, as the application does)"
+PERSISTENCE_MODULES = ("eventsourcing.sqlite", "eventsourcing.postgres")
+
+
+@dataclass(frozen=True)
+class EventsourcingSettings:
+    """An eventsourcing source reads the notification log of the application named
+    ``application``, whose persistence is configured by ``env`` exactly as the
+    application's own environment configures it."""
+
+    misplaced_keys: ClassVar[Mapping[str, str]] = dict.fromkeys(
+        ("dsn", "table", "query", "notify"), _IN_ENV)
+
+    application: str | None = None
+    # repr=False: an env may hold a password (POSTGRES_PASSWORD, CIPHER_KEY).
+    env: dict[str, str] = field(default_factory=dict, repr=False)
+    state: str = "json"
+
+    def __post_init__(self) -> None:
+        if not self.application:
+            raise SettingError("application", "required for an eventsourcing source "
+                               "(the application's name, e.g. \"DogSchool\")")
+        module = self.env.get("PERSISTENCE_MODULE", "")
+        if module not in PERSISTENCE_MODULES:
+            raise SettingError("env", "PERSISTENCE_MODULE must be eventsourcing.sqlite "
+                               f"or eventsourcing.postgres, not {module!r}")
+        if self.state not in ("json", "base64"):
+            raise SettingError("state", "must be json or base64")
+
+    @property
+    def name(self) -> str:
+        assert self.application is not None  # checked above
+        return self.application
+
+
 class EventsourcingSource(Source):
     kind = "eventsourcing"
+    settings = EventsourcingSettings
+    options: EventsourcingSettings
 
-    def __init__(self, config: GatherConfig) -> None:
-        super().__init__(config)
+    def __init__(self, config: GatherConfig, options: EventsourcingSettings) -> None:
+        super().__init__(config, options)
         try:
             from eventsourcing.persistence import InfrastructureFactory, JSONTranscoder
             from eventsourcing.utils import Environment
         except ImportError as exc:
             raise SourceError("an eventsourcing source needs the eventsourcing package: "
                               "pip install 'herald[gather]'", code="missing_driver") from exc
-        assert config.application is not None
-        name = config.application
-        env = dict(config.env)
+        name = options.name
+        env = dict(options.env)
         # Herald only reads: it must never create the application's tables.
         env["CREATE_TABLE"] = env[f"{name.upper()}_CREATE_TABLE"] = "no"
         self.env = Environment(name=name, env=env)
@@ -93,7 +131,7 @@ class EventsourcingSource(Source):
         datastore = recorder.datastore
         # UUID ids are shown as UUIDs whatever the store keeps (SQLite: hex, no dashes).
         self.uuids = getattr(datastore, "originator_id_type", "uuid") == "uuid"
-        if config.env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
+        if options.env.get("PERSISTENCE_MODULE") == "eventsourcing.postgres":
             self.inner: PostgresSource | SqliteSource = self._postgres(recorder, datastore)
         else:
             self.inner = self._sqlite(datastore)
@@ -114,11 +152,11 @@ class EventsourcingSource(Source):
 
         self._where = pg_describe(make_conninfo(
             **{k: v for k, v in params.items() if k != "password"}))
-        inner = dataclasses.replace(
-            self.config, source="postgres", dsn="(from env)", table=f"{schema}.{self.table}",
-            position="notification_id", notify=recorder.channel_name, application=None,
-            env={})
-        return PostgresSource(inner, ["topic", "state", "originator_id", "originator_version"],
+        inner = dataclasses.replace(self.config, source="postgres", options={})
+        settings = PostgresSettings(dsn="(from env)", table=f"{schema}.{self.table}",
+                                    position="notification_id", notify=recorder.channel_name)
+        return PostgresSource(inner, settings,
+                              ["topic", "state", "originator_id", "originator_version"],
                               conninfo)
 
     def _sqlite(self, datastore: Any) -> SqliteSource:
@@ -127,10 +165,11 @@ class EventsourcingSource(Source):
             raise SourceError(f"gatherer {self.config.name}: an in-memory SQLite database "
                               "cannot be read by another process", code="bad_source_config")
         self._where = f"sqlite {path}"
-        inner = dataclasses.replace(
-            self.config, source="sqlite", dsn=path, table=self.table, position="rowid",
-            application=None, env={})
-        return SqliteSource(inner, ["topic", "state", "originator_id", "originator_version"])
+        # The library's path, as the application opens it (not the config file's).
+        inner = dataclasses.replace(self.config, source="sqlite", options={}, base=None)
+        settings = SqliteSettings(dsn=path, table=self.table, position="rowid")
+        return SqliteSource(inner, settings,
+                            ["topic", "state", "originator_id", "originator_version"])
 
     # delegated to the table reader
 
@@ -157,7 +196,7 @@ class EventsourcingSource(Source):
         return self.inner.wait(timeout)
 
     def describe(self) -> str:
-        return f"eventsourcing {self.config.application} ({self._where} table {self.table})"
+        return f"eventsourcing {self.options.name} ({self._where} table {self.table})"
 
     # mapping
 
@@ -174,7 +213,7 @@ class EventsourcingSource(Source):
         except Exception as exc:  # the library's cipher and compressor raise their own
             raise Unmappable(f"its state cannot be decrypted or decompressed with the "
                              f"configured CIPHER_*/COMPRESSOR_TOPIC settings ({exc})") from None
-        if self.config.state == "base64":
+        if self.options.state == "base64":
             data = msgspec.Raw(_encoder.encode({"base64": base64.b64encode(state).decode()}))
         else:
             data = self._json(state)

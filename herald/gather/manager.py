@@ -1,7 +1,14 @@
 """The gatherers of one Herald node: started and stopped with ``herald serve``.
 
 Sources are chosen by name and their modules (and drivers) imported only when a
-gatherer uses them, as engines are.
+gatherer uses them, as engines are. A new kind of source is one class and one entry
+in ``SOURCES``. Its class says
+
+* ``settings``: a frozen dataclass of its keys — the ``[[gather]]`` table's keys
+  other than name, stream, source and batch (``GatherConfig.options``), parsed here
+  and named in errors as ``[[gather]] <name> key``;
+* ``__init__(config, settings)``: the source, from the gatherer's config and its
+  parsed settings.
 """
 
 from __future__ import annotations
@@ -9,13 +16,13 @@ from __future__ import annotations
 import asyncio
 import importlib
 
-from ..config import ConfigError, GatherConfig
+from ..config import ConfigError, GatherConfig, SettingError, build_section
 from ..errors import Conflict, HeraldError, NotFound
 from ..hub import Hub
 from .base import Gatherer, SkipLog, Source
 from .status import GathererStatus, GatherSkip
 
-__all__ = ["GatherManager", "SOURCES", "create_source"]
+__all__ = ["GatherManager", "SOURCES", "create_source", "source_class", "source_settings"]
 
 # source kind → "module:Class", and the distribution its driver comes from.
 SOURCES: dict[str, str] = {
@@ -27,8 +34,29 @@ SOURCES: dict[str, str] = {
 _DRIVERS = {"postgres": "psycopg", "mysql": "pymysql", "eventsourcing": "eventsourcing"}
 
 
+def source_class(config: GatherConfig) -> type[Source]:
+    """The class of a gatherer's source; its module imports no driver."""
+    target = SOURCES.get(config.source)
+    if target is None:
+        raise ConfigError(f"[[gather]] {config.name} source: unknown source "
+                          f"{config.source!r} (known: {', '.join(SOURCES)})")
+    module_name, class_name = target.split(":")
+    cls: type[Source] = getattr(importlib.import_module(module_name), class_name)
+    return cls
+
+
+def source_settings(config: GatherConfig) -> tuple[type[Source], object]:
+    """A gatherer's source class and its parsed settings (``config.options``); a
+    ConfigError names the key at fault. Needs no driver and opens nothing."""
+    cls = source_class(config)
+    settings = build_section(cls.settings, config.options, f"gather {config.name}",
+                             label=f"[[gather]] {config.name}")
+    return cls, settings
+
+
 def create_source(config: GatherConfig) -> Source:
     """The source for a gatherer; a ConfigError if its driver or settings are wrong."""
+    cls, settings = source_settings(config)
     driver = _DRIVERS.get(config.source)
     if driver is not None:
         try:
@@ -36,12 +64,13 @@ def create_source(config: GatherConfig) -> Source:
         except ImportError:
             raise ConfigError(f"[[gather]] {config.name}: a {config.source} source needs the "
                               f"{driver} package: pip install 'herald[gather]'") from None
-    module_name, class_name = SOURCES[config.source].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
     try:
-        source: Source = cls(config)
+        source = cls(config, settings)
     except HeraldError as exc:
         raise ConfigError(f"[[gather]] {config.name}: {exc.message}") from exc
+    except SettingError as exc:  # settings a source derives (eventsourcing: from env)
+        raise ConfigError(f"[[gather]] {config.name}: {exc.key or 'settings'}: "
+                          f"{exc.message}") from exc
     return source
 
 

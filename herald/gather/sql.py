@@ -23,16 +23,18 @@ docs/architecture.md ("Gathering") gives the argument. In short:
 
 from __future__ import annotations
 
+import re
 import sqlite3
 import time
-from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import unquote, urlsplit
 
 import msgspec
 
-from ..config import GatherConfig
+from ..config import GatherConfig, SettingError
 from ..errors import SourceError, SourceUnavailable
 from ..model import MAX_META_KEY_LENGTH, NewEvent
 from .base import Source, SourceRead, Unmappable
@@ -44,6 +46,10 @@ if TYPE_CHECKING:
 __all__ = [
     "GapFence",
     "Tail",
+    "SqlSettings",
+    "SqliteSettings",
+    "PostgresSettings",
+    "MysqlSettings",
     "SqliteSource",
     "PostgresSource",
     "MysqlSource",
@@ -69,6 +75,98 @@ _raw = msgspec.json.Decoder(msgspec.Raw)
 _meta = msgspec.json.Decoder(dict[str, str])
 _NULL = msgspec.Raw(b"null")
 _encoder = msgspec.json.Encoder()
+
+
+# --- settings: a SQL source's keys in its [[gather]] table ------------------------------
+
+# A table name, optionally schema-qualified. Checked, then quoted by each driver: the
+# config is trusted, but a typo should be an error, not SQL.
+_TABLE_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*(\.[A-Za-z_][A-Za-z0-9_$]*)?")
+_COLUMN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_$]*")
+# Herald's fields, which ``columns`` maps to source columns.
+GATHER_FIELDS = ("id", "type", "data", "meta")
+
+
+@dataclass(frozen=True)
+class SqlSettings:
+    """A SQL source reads ``table`` — or a custom ``query`` with ``%(after)s`` and
+    ``%(limit)s`` — ordered by the increasing integer column ``position``; ``columns``
+    maps Herald's fields (``id``, ``type``, ``data``, ``meta``) to source columns."""
+
+    kind: ClassVar[str] = "sql"
+    misplaced_keys: ClassVar[Mapping[str, str]] = {
+        "notify": "only a postgres source can LISTEN"}
+
+    # repr=False: a DSN may hold a password. Required; None only so that its absence
+    # is a clear error, not a missing argument.
+    dsn: str | None = field(default=None, repr=False)
+    table: str | None = None
+    query: str | None = None
+    position: str = "id"
+    columns: dict[str, str] = field(default_factory=lambda: {"type": "type", "data": "data"})
+
+    def __post_init__(self) -> None:
+        if not self.dsn:
+            raise SettingError("dsn", f"required for a {self.kind} source")
+        if self.table is None and self.query is None:
+            raise SettingError(None, "give a table or a query")
+        if self.table is not None and not _TABLE_NAME.fullmatch(self.table):
+            raise SettingError("table", f"{self.table!r} is not a table name")
+        if self.query is not None and not ("%(after)s" in self.query
+                                           and "%(limit)s" in self.query):
+            raise SettingError("query", "must use %(after)s and %(limit)s (rows with "
+                               "position > after, ordered by position, at most limit)")
+        unknown = set(self.columns) - set(GATHER_FIELDS)
+        if unknown:
+            raise SettingError("columns", f"unknown field {sorted(unknown)[0]!r} "
+                               f"(known: {', '.join(GATHER_FIELDS)})")
+        for name in ("type", "data"):
+            if name not in self.columns:
+                raise SettingError("columns", f"{name} is required")
+        for column in (self.position, *self.columns.values()):
+            if not _COLUMN_NAME.fullmatch(column):
+                raise SettingError("columns", f"{column!r} is not a column name")
+
+    @property
+    def conninfo(self) -> str:
+        assert self.dsn is not None  # checked above
+        return self.dsn
+
+
+@dataclass(frozen=True)
+class SqliteSettings(SqlSettings):
+    """``dsn`` is a file path (or ``sqlite:///path``), relative to the config file."""
+
+    kind: ClassVar[str] = "sqlite"
+
+    def path(self, base: Path | None) -> str:
+        """The database file: a relative path is relative to ``base`` (the config
+        file's directory) when there is one, else to the working directory."""
+        path = self.conninfo.removeprefix("sqlite:///").removeprefix("sqlite://")
+        if base is not None and not Path(path).is_absolute():
+            return str(base / path)
+        return path
+
+
+@dataclass(frozen=True)
+class PostgresSettings(SqlSettings):
+    kind: ClassVar[str] = "postgres"
+
+    # A channel to LISTEN on for a low-latency wake-up (a trigger on the table NOTIFYs
+    # it; see docs/gathering.md). Without it the gatherer polls.
+    notify: str | None = None
+
+
+@dataclass(frozen=True)
+class MysqlSettings(SqlSettings):
+    kind: ClassVar[str] = "mysql"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if urlsplit(self.conninfo).scheme not in ("mysql", "mariadb"):
+            raise SettingError("dsn", "a mysql dsn looks like "
+                               "mysql://user:password@host:3306/database")
+
 
 
 # --- the gap fence ----------------------------------------------------------------------
@@ -210,8 +308,11 @@ def _first(row: Sequence[Any]) -> int:
 class SqlSource(Source):
     """A table (or a query) in a SQL database. Subclasses connect and quote."""
 
-    def __init__(self, config: GatherConfig) -> None:
-        super().__init__(config)
+    settings: ClassVar[type[SqlSettings]] = SqlSettings
+    options: SqlSettings
+
+    def __init__(self, config: GatherConfig, options: SqlSettings) -> None:
+        super().__init__(config, options)
         self.tail = Tail(None)
 
     # The row functions themselves, not methods calling them: they run once per row.
@@ -248,7 +349,7 @@ class SqlSource(Source):
         A row is (position, *fields); by default the fields are the configured
         columns for type, data, id and meta, NULL where one is not configured.
         """
-        c = self.config
+        c = self.options
         if fields is None:
             fields = [c.columns.get(f) for f in ("type", "data", "id", "meta")]
         columns = [quote(c.position)] + [quote(f) if f else "NULL" for f in fields]
@@ -287,16 +388,18 @@ class SqliteSource(SqlSource):
     AUTOINCREMENT, SQLite reuses the largest rowid after it is deleted."""
 
     kind = "sqlite"
+    settings = SqliteSettings
+    options: SqliteSettings
 
-    def __init__(self, config: GatherConfig, fields: Sequence[str | None] | None = None) -> None:
-        super().__init__(config)
-        assert config.dsn is not None
-        self.path = config.dsn.removeprefix("sqlite:///").removeprefix("sqlite://")
+    def __init__(self, config: GatherConfig, options: SqliteSettings,
+                 fields: Sequence[str | None] | None = None) -> None:
+        super().__init__(config, options)
+        self.path = options.path(config.base)
         self._conn: sqlite3.Connection | None = None
         # SQLite takes :name parameters; a query is written with %(name)s (and %% for a
         # literal %) like the others, and translated here.
         self._build(_double_quote, lambda name: f":{name}", fields)
-        if config.query is not None:
+        if options.query is not None:
             self._select_sql = self._select_sql.replace("%%", "%")
 
     def open(self) -> None:
@@ -327,7 +430,7 @@ class SqliteSource(SqlSource):
             raise SourceError(f"SQLite {self.path}: {exc}") from exc
 
     def describe(self) -> str:
-        return f"sqlite {self.path} " + (f"table {self.config.table}" if self.config.table
+        return f"sqlite {self.path} " + (f"table {self.options.table}" if self.options.table
                                          else "query")
 
 
@@ -400,14 +503,17 @@ def pg_error(exc: Exception, where: str) -> SourceError:
 
 class PostgresSource(SqlSource):
     kind = "postgres"
+    settings = PostgresSettings
+    options: PostgresSettings
 
-    def __init__(self, config: GatherConfig, fields: Sequence[str | None] | None = None,
+    def __init__(self, config: GatherConfig, options: PostgresSettings,
+                 fields: Sequence[str | None] | None = None,
                  conninfo: Callable[[], str] | None = None) -> None:
-        super().__init__(config)
-        self._conninfo = conninfo or (lambda: config.dsn or "")
+        super().__init__(config, options)
+        self._conninfo = conninfo or (lambda: options.conninfo)
         self._conn: psycopg.Connection[Any] | None = None
         self._relations: list[int] | None = None
-        self.wakes = config.notify is not None
+        self.wakes = options.notify is not None
         self._build(_double_quote, lambda name: f"%({name})s", fields)
         self.tail = Tail(PgLocks(self._fetch, lambda: self._relations))
 
@@ -429,11 +535,11 @@ class PostgresSource(SqlSource):
         self._conn = conn
         try:
             conn.execute(f"SET statement_timeout = '{QUERY_TIMEOUT_SECONDS}s'")
-            if self.config.notify:
+            if self.options.notify:
                 from psycopg import sql
 
-                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.config.notify)))
-            self._relations = self._find_relations() if self.config.table else None
+                conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(self.options.notify)))
+            self._relations = self._find_relations() if self.options.table else None
         except psycopg.Error as exc:
             self.close()
             raise pg_error(exc, self.describe()) from exc
@@ -448,7 +554,7 @@ class PostgresSource(SqlSource):
             "UNION SELECT d.refobjid FROM pg_attrdef a JOIN pg_depend d "
             "  ON d.classid = 'pg_attrdef'::regclass AND d.objid = a.oid "
             "  JOIN pg_class c ON c.oid = d.refobjid AND c.relkind = 'S' "
-            "  WHERE a.adrelid = %(table)s::regclass", {"table": self.config.table})
+            "  WHERE a.adrelid = %(table)s::regclass", {"table": self.options.table})
         return [int(row[0]) for row in rows]
 
     def close(self) -> None:
@@ -486,9 +592,8 @@ class PostgresSource(SqlSource):
             raise pg_error(exc, self.describe()) from exc
 
     def describe(self) -> str:
-        assert self.config.dsn is not None
-        what = f"table {self.config.table}" if self.config.query is None else "query"
-        return f"{pg_describe(self.config.dsn)} {what}"
+        what = f"table {self.options.table}" if self.options.query is None else "query"
+        return f"{pg_describe(self.options.conninfo)} {what}"
 
 
 # --- MariaDB / MySQL --------------------------------------------------------------------
@@ -558,14 +663,12 @@ def _mysql_quote(name: str) -> str:
 
 class MysqlSource(SqlSource):
     kind = "mysql"
+    settings = MysqlSettings
+    options: MysqlSettings
 
-    def __init__(self, config: GatherConfig) -> None:
-        super().__init__(config)
-        assert config.dsn is not None
-        url = urlsplit(config.dsn)
-        if url.scheme not in ("mysql", "mariadb"):
-            raise SourceError(f"gatherer {config.name}: a mysql dsn looks like "
-                              "mysql://user:password@host:3306/database")
+    def __init__(self, config: GatherConfig, options: MysqlSettings) -> None:
+        super().__init__(config, options)
+        url = urlsplit(options.conninfo)  # a mysql:// URL: checked by MysqlSettings
         self._params: dict[str, Any] = {
             "host": url.hostname or "127.0.0.1", "port": url.port or 3306,
             "user": unquote(url.username or "root"), "password": unquote(url.password or ""),
@@ -628,5 +731,5 @@ class MysqlSource(SqlSource):
 
     def describe(self) -> str:
         p = self._params
-        what = f"table {self.config.table}" if self.config.query is None else "query"
+        what = f"table {self.options.table}" if self.options.query is None else "query"
         return f"mysql {p['host']}:{p['port']}/{p['database'] or ''} {what}"

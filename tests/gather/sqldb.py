@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from herald.config import GatherConfig
+from herald.config import DEFAULT_GATHER_BATCH, GatherConfig
 
 from .conftest import mysql_connect
 
@@ -83,14 +83,17 @@ class SqlDb:
         finally:
             conn.close()
 
-    def config(self, name: str = "g", stream: str = "s", **options: Any) -> GatherConfig:
+    def config(self, name: str = "g", stream: str = "s", batch: int = DEFAULT_GATHER_BATCH,
+               **options: Any) -> GatherConfig:
+        """A gatherer of this database's ``events``; ``options`` are the source's own
+        keys, as a [[gather]] table would give them (parsed when the source is made)."""
         values: dict[str, Any] = {
-            "name": name, "stream": stream, "source": self.kind, "dsn": self.dsn,
-            "table": "events",
+            "dsn": self.dsn, "table": "events",
             "columns": {"type": "type", "data": "data", "id": "event_id", "meta": "meta"},
         }
         values.update(options)
-        return GatherConfig(**values)
+        return GatherConfig(name=name, stream=stream, source=self.kind, batch=batch,
+                            options=values)
 
 
 def sqlite_db(tmp_path: Path) -> SqlDb:

@@ -1,5 +1,6 @@
 """docs/gathering.md as written: its Python runs against a real server, its
-``[[gather]]`` examples are valid configuration."""
+``[[gather]]`` examples are valid configuration (the gatherer's keys and its
+source's own)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 from herald.config import config_from_dict
+from herald.gather.manager import source_settings
 
 from ..conftest import ROOT, ServerProcess
 
@@ -40,3 +42,6 @@ def test_the_config_examples_are_valid() -> None:
     for example in examples:
         (gatherer,) = config_from_dict(example).gather
         assert gatherer.name and gatherer.stream
+        # The source's own keys, checked as the node checks them when it starts.
+        cls, settings = source_settings(gatherer)
+        assert isinstance(settings, cls.settings)

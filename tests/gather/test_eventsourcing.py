@@ -18,7 +18,7 @@ from eventsourcing.domain import Aggregate, event
 
 from herald.config import GatherConfig
 from herald.gather.eventsourcing import EventsourcingSource, unwrap
-from herald.gather.manager import GatherManager
+from herald.gather.manager import GatherManager, create_source
 from herald.gather.status import GatherState
 from herald.hub import Hub
 
@@ -72,7 +72,7 @@ def env(request: pytest.FixtureRequest, tmp_path: Path) -> dict[str, str]:
 
 def config(env: dict[str, str], **options: Any) -> GatherConfig:
     return GatherConfig(name="dogs", stream="dogschool", source="eventsourcing",
-                        application="DogSchool", env=env, **options)
+                        options={"application": "DogSchool", "env": env, **options})
 
 
 async def test_an_application_is_gathered_then_followed(env: dict[str, str],
@@ -113,7 +113,8 @@ async def test_postgres_applications_wake_the_gatherer(pg_dsn: str) -> None:
     gatherer's wait returns as soon as an event is saved."""
     env = postgres_env(pg_dsn)
     school = DogSchool(env=env)
-    source = EventsourcingSource(config(env))
+    source = create_source(config(env))
+    assert isinstance(source, EventsourcingSource)
     assert source.wakes
     source.open()
     try:
@@ -201,7 +202,6 @@ async def test_a_missing_database_file_is_retried(tmp_path: Path, engine: Hub) -
 
 def test_a_broken_environment_is_a_config_error() -> None:
     from herald.config import ConfigError
-    from herald.gather.manager import create_source
 
     with pytest.raises(ConfigError, match="SQLite database name"):
         create_source(config({"PERSISTENCE_MODULE": "eventsourcing.sqlite"}))

@@ -302,12 +302,14 @@ async def test_json_and_binary_columns(pg_dsn: str, engine: Hub,
 
 def test_positions_must_be_integers(tmp_path: Path) -> None:
     from herald.errors import SourceError
+    from herald.gather.manager import create_source
     from herald.gather.sql import SqliteSource
 
     db = sqlite_db(tmp_path)
     db.execute("CREATE TABLE events (id TEXT, type TEXT, data TEXT)")
     db.execute("INSERT INTO events VALUES ('a', 'T', '{}')")
-    source = SqliteSource(db.config(columns={"type": "type", "data": "data"}))
+    source = create_source(db.config(columns={"type": "type", "data": "data"}))
+    assert isinstance(source, SqliteSource)
     source.open()
     try:
         read = source.read(None, 10)
