@@ -29,6 +29,7 @@ serve: $(STAMP)
 check: $(STAMP)
 	$(BIN)/ruff check herald tests bench
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 system-tools:
 	@missing=""; \

@@ -32,10 +32,10 @@ from typing import IO, Any
 
 import msgspec
 
-from .version import __version__
 from .client import Client
 from .config import DEFAULT_DATA_DIR, DEFAULT_LISTEN, load_config
 from .errors import HeraldError
+from .version import __version__
 
 __all__ = ["main"]
 
@@ -73,7 +73,7 @@ def _connect(args: argparse.Namespace) -> Client:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .server import run_server
+    from .node import Node
 
     overrides: dict[str, Any] = {}
     if args.data:
@@ -83,7 +83,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     config = load_config(Path(args.config) if args.config else None, overrides)
     logging.basicConfig(level=logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(run_server(config))
+    asyncio.run(Node(config).run())
     return 0
 
 

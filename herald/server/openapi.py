@@ -15,7 +15,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..version import __version__
 from ..model import (
     MAX_ID_LENGTH,
     MAX_META_KEY_LENGTH,
@@ -23,6 +22,7 @@ from ..model import (
     MAX_TYPE_LENGTH,
     Limits,
 )
+from ..version import __version__
 
 __all__ = ["openapi_document", "ERROR_CODES"]
 

@@ -1,9 +1,9 @@
 """Pages and records → the JSON and Server-Sent-Events forms of the read API. Pure.
 
-Every detail of the SSE form is here (frames, ``retry``, heartbeats). ``data`` stays
-raw JSON bytes from the record to the answer (msgspec ``Raw``): the server never
-builds Python objects for event payloads. Events come from ``codec.events_of``, the
-one place a record becomes events.
+Every detail of the SSE form is here (its media type, frames, ``retry``, heartbeats,
+``Last-Event-ID``). ``data`` stays raw JSON bytes from the record to the answer
+(msgspec ``Raw``): the server never builds Python objects for event payloads. Events
+come from ``codec.events_of``, the one place a record becomes events.
 """
 
 from __future__ import annotations
@@ -14,11 +14,13 @@ import msgspec
 
 from .. import codec
 from ..codec import Record
-from ..hub import ReadPage
-from ..model import Event
+from ..hub import ReadPage, Start
+from ..model import Event, validate_position
 
-__all__ = ["SSE_PREAMBLE", "render_json_page", "render_sse", "sse_heartbeat"]
+__all__ = ["SSE_MEDIA_TYPE", "SSE_PREAMBLE", "render_json_page", "render_sse", "sse_heartbeat",
+           "sse_start"]
 
+SSE_MEDIA_TYPE = "text/event-stream"
 # An SSE "retry" tells a browser how soon to reconnect after a drop (ms).
 SSE_PREAMBLE = b"retry: 2000\n\n"
 
@@ -59,3 +61,11 @@ def render_sse(records: Iterable[Record], start: int) -> tuple[bytes, int]:
 def sse_heartbeat(position: int) -> bytes:
     """An SSE comment: keeps proxies from closing an idle stream, names the position."""
     return b": heartbeat %d\n\n" % position
+
+
+def sse_start(last_event_id: str | None, start: Start) -> Start:
+    """Where an SSE answer begins: just after the ``Last-Event-ID`` a reconnecting
+    browser sends (an event's position, see ``render_sse``), else at ``start``."""
+    if last_event_id:
+        return validate_position(last_event_id, "Last-Event-ID") + 1
+    return start

@@ -45,7 +45,7 @@ SERVER_MODULES = ["herald/server", "herald/hub", "herald/engines", "herald/codec
                   "herald/model.py"]
 # Raised while Herald starts, before it listens: they end the process, never an answer.
 STARTUP_ONLY = {"invalid_config", "listen_failed"}
-# Raised as a bare HeraldError whose answer's status the raiser sets (app.py's
+# Raised as a bare HeraldError whose answer's status the raiser sets (listeners.py's
 # handle_error); a bare HeraldError is otherwise a 500.
 STATUS_SET_BY_RAISER = {"headers_too_large": 431}
 

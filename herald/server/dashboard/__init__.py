@@ -12,8 +12,8 @@ import hashlib
 from collections.abc import Sequence
 from html import escape
 
-from ...version import __version__
 from ...model import StreamInfo
+from ...version import __version__
 
 __all__ = ["render_home", "DASHBOARD_HEADERS"]
 
