@@ -330,10 +330,13 @@ class AsyncClient:
                                      idempotent=True if expected_head is not None else None)
         return msgspec.json.decode(answer, type=AppendResult)
 
-    async def read(self, stream: str, start: int = 0, limit: int = 1000) -> ReadResult:
-        """Up to ``limit`` events from position ``start``."""
-        answer = await self._request(
-            "GET", _events_path(stream), params={"from": str(start), "limit": str(limit)})
+    async def read(self, stream: str, start: int = 0, limit: int | None = None) -> ReadResult:
+        """Up to ``limit`` events from position ``start`` (None: the server's default
+        page, 1000 events or its configured maximum if that is lower)."""
+        params = {"from": str(start)}
+        if limit is not None:
+            params["limit"] = str(limit)
+        answer = await self._request("GET", _events_path(stream), params=params)
         try:
             page = _page_decoder.decode(answer)
         except msgspec.MsgspecError as exc:
@@ -601,7 +604,7 @@ class Client:
         batch = events if isinstance(events, bytes) else list(events)
         return self._run(self._async.append(stream, batch, expected_head=expected_head))
 
-    def read(self, stream: str, start: int = 0, limit: int = 1000) -> ReadResult:
+    def read(self, stream: str, start: int = 0, limit: int | None = None) -> ReadResult:
         return self._run(self._async.read(stream, start, limit))
 
     @property

@@ -40,7 +40,7 @@ from .appends import Appender
 from .heads import HeadWatch, Watcher
 from .tail import TailCache
 
-__all__ = ["HEARTBEAT_SECONDS", "Hub", "ReadPage", "Start", "Subscription"]
+__all__ = ["DEFAULT_PAGE_EVENTS", "HEARTBEAT_SECONDS", "Hub", "ReadPage", "Start", "Subscription"]
 
 # An idle subscription gets a heartbeat this often: it keeps proxies from closing the
 # connection and tells the client the stream's head.
@@ -48,6 +48,9 @@ HEARTBEAT_SECONDS = 15.0
 
 # Where a read begins: a position, or "head" (only what is appended from now on).
 Start = int | Literal["head"]
+# The events of a page whose reader named no limit (at most [limits]
+# max_read_events, whatever that is configured to).
+DEFAULT_PAGE_EVENTS = 1000
 
 
 @dataclass(frozen=True)
@@ -163,12 +166,21 @@ class Hub:
             return await self.head(stream)
         return start
 
-    async def read(self, stream: str, start: Start, limit: int) -> ReadPage:
+    def page_limit(self, limit: int | None) -> int:
+        """A page's limit: ``limit`` if it is 1 to max_read_events (else
+        InvalidRequest), and the default page size, within that bound, if None."""
+        bound = self.limits.max_read_events
+        if limit is None:
+            return min(DEFAULT_PAGE_EVENTS, bound)
+        if not 1 <= limit <= bound:
+            raise InvalidRequest(f"limit must be 1 to {bound}", code="invalid_parameter",
+                                 parameter="limit")
+        return limit
+
+    async def read(self, stream: str, start: Start, limit: int | None = None) -> ReadPage:
         """One page: records covering up to ``limit`` events from ``start``."""
         validate_stream_name(stream)
-        if not 1 <= limit <= self.limits.max_read_events:
-            raise InvalidRequest(f"limit must be 1 to {self.limits.max_read_events}",
-                                 code="invalid_parameter", parameter="limit")
+        limit = self.page_limit(limit)
         first = await self.start_of(stream, start)
         records: list[Record] = []
         position = first
