@@ -15,8 +15,8 @@ import pytest
 
 from herald import codec
 from herald.engines.base import CheckpointConflict
-from herald.hub import Hub
 from herald.errors import ExpectedHeadMismatch, InvalidRequest, InvalidStreamName, NotFound
+from herald.hub import Hub
 from herald.model import Batch, Event, Limits
 
 from .engines import EngineKit
