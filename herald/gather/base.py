@@ -17,8 +17,9 @@ the old position: the rows are read again) or kept it (the stream says so): no
 row is lost or doubled, with no time window (DESIGN.md, "Exactly once").
 
 Sources block (their drivers are synchronous): each gatherer runs its source in a
-thread of its own, so a slow or dead database never stalls the event loop, the
-engine's threads, or another gatherer.
+thread of its own (``worker``), so a slow or dead database never stalls the event
+loop, the engine's threads, or another gatherer. A row that cannot be mapped stops
+its gatherer until the row is fixed or an operator skips it (``skips``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,6 @@ from __future__ import annotations
 import abc
 import asyncio
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -47,7 +46,9 @@ from ..errors import (
 )
 from ..hub import Hub
 from ..model import MAX_ID_LENGTH, MAX_TYPE_LENGTH, Batch, NewEvent
-from .status import GathererStatus, GatherFailure, GatherSkip, GatherState
+from .skips import SKIP_STREAM, SkipLog
+from .status import GathererStatus, GatherFailure, GatherState
+from .worker import _Worker
 
 __all__ = [
     "Gatherer",
@@ -89,9 +90,6 @@ FENCE_RECHECK_MAX_SECONDS = 0.5
 # The source's highest position (for lag and progress) is refreshed at most this
 # often: it costs one indexed query.
 STATUS_REFRESH_SECONDS = 1.0
-# Operators' skip decisions are recorded durably in this stream (who, when, which
-# row, why). A gatherer stopped on a bad row waits on it.
-SKIP_STREAM = "_herald.gather.skips"
 # A gatherer stopped on a bad row reads the row again this often: if the module
 # fixed it in place, the gatherer moves on by itself, without a skip.
 BAD_ROW_RECHECK_SECONDS = 5.0
@@ -180,118 +178,6 @@ class Source(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> str:
         """Where the source is, for people: no password, no key."""
-
-
-# --- the skip log ---------------------------------------------------------------------
-
-
-class _SkipRecord(msgspec.Struct):
-    gatherer: str
-    position: int
-    by: str
-    reason: str = ""
-
-
-class SkipLog:
-    """Operators' ``herald gather skip`` decisions, kept in the stream SKIP_STREAM.
-
-    A stream, not a checkpoint: the record says who and why, its time says when, it
-    is durable and replicated by whatever engine runs, and anyone can audit it.
-    """
-
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-        self.head = 0
-        self.skips: dict[str, list[GatherSkip]] = {}
-        self._lock = asyncio.Lock()
-
-    async def refresh(self) -> None:
-        """Read the decisions recorded since the last refresh (by any node)."""
-        async with self._lock:
-            while True:
-                records = await self.hub.records(SKIP_STREAM, self.head)
-                if not records:
-                    return
-                for record in records:
-                    at = datetime.fromtimestamp(record.time_us / 1e6, UTC)
-                    for event in codec.events_of(record, self.head):
-                        try:
-                            data = msgspec.json.decode(event.raw, type=_SkipRecord)
-                        except msgspec.MsgspecError:
-                            log.warning("%s: position %d is not a skip record; ignored",
-                                        SKIP_STREAM, event.position)
-                            continue
-                        self.skips.setdefault(data.gatherer, []).append(
-                            GatherSkip(position=data.position, by=data.by, at=at,
-                                       reason=data.reason))
-                    self.head = record.end
-
-    def positions(self, gatherer: str) -> frozenset[int]:
-        return frozenset(s.position for s in self.skips.get(gatherer, ()))
-
-    async def record(self, gatherer: str, position: int, by: str, reason: str) -> None:
-        body = _encoder.encode([{
-            "type": "GatherRowSkipped",
-            "data": _SkipRecord(gatherer=gatherer, position=position, by=by, reason=reason),
-            "meta": {"gatherer": gatherer, "position": str(position)},
-        }])
-        # Validated with the configured limits, as every append is.
-        await self.hub.append_body(SKIP_STREAM, body)
-        await self.refresh()
-
-
-# --- one thread per gatherer ----------------------------------------------------------
-
-
-class _Worker:
-    """A daemon thread running one gatherer's blocking source calls, in order.
-
-    Not asyncio's default executor: the files engine runs its fsyncs there, and a
-    source blocked on a dead network must not starve them; and a daemon thread never
-    holds up the process's exit, as an executor's threads would."""
-
-    def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                return
-            function, args, loop, future = item
-            try:
-                result = function(*args)
-            except BaseException as exc:  # handed to the awaiting coroutine
-                _deliver(loop, future, None, exc)
-            else:
-                _deliver(loop, future, result, None)
-
-    async def call(self, function: Callable[..., T], *args: Any) -> T:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        self._queue.put((function, args, loop, future))
-        return await future
-
-    def stop(self) -> None:
-        self._queue.put(None)
-
-
-def _deliver(loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any], result: Any,
-             error: BaseException | None) -> None:
-    def settle() -> None:
-        if future.done():  # the awaiting coroutine was cancelled
-            return
-        if error is not None:
-            future.set_exception(error)
-        else:
-            future.set_result(result)
-
-    try:
-        loop.call_soon_threadsafe(settle)
-    except RuntimeError:  # the loop is closed: nobody is waiting any more
-        pass
 
 
 # --- the gatherer ---------------------------------------------------------------------

@@ -19,16 +19,17 @@ import importlib
 from ..config import ConfigError, GatherConfig, SettingError, build_section
 from ..errors import Conflict, HeraldError, NotFound
 from ..hub import Hub
-from .base import Gatherer, SkipLog, Source
+from .base import Gatherer, Source
+from .skips import SkipLog
 from .status import GathererStatus, GatherSkip
 
 __all__ = ["GatherManager", "SOURCES", "create_source", "source_class", "source_settings"]
 
 # source kind → "module:Class", and the distribution its driver comes from.
 SOURCES: dict[str, str] = {
-    "sqlite": "herald.gather.sql:SqliteSource",
-    "postgres": "herald.gather.sql:PostgresSource",
-    "mysql": "herald.gather.sql:MysqlSource",
+    "sqlite": "herald.gather.sql.sqlite:SqliteSource",
+    "postgres": "herald.gather.sql.postgres:PostgresSource",
+    "mysql": "herald.gather.sql.mysql:MysqlSource",
     "eventsourcing": "herald.gather.eventsourcing:EventsourcingSource",
 }
 _DRIVERS = {"postgres": "psycopg", "mysql": "pymysql", "eventsourcing": "eventsourcing"}

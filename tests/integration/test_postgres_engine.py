@@ -23,6 +23,7 @@ from herald.engines import create_engine
 from herald.engines import postgres as pg
 from herald.engines.base import CheckpointConflict
 from herald.engines.postgres import PostgresConfig, PostgresEngine
+from herald.engines.postgres import connections as pg_connections
 from herald.errors import ExpectedHeadMismatch, StorageUnavailable
 from herald.hub import Hub
 from herald.hub import heads as hub_heads
@@ -243,7 +244,7 @@ async def test_a_newer_schema_is_refused(node: Node, schema: str) -> None:
 async def test_an_unreachable_database_is_storage_unavailable(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg, "OPEN_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(pg_connections, "OPEN_TIMEOUT_SECONDS", 1.0)
     proxy = await TcpProxy("127.0.0.1", 1).start()  # forwards to a closed port
     with pytest.raises(StorageUnavailable) as caught:
         await node(proxy.dsn(require_postgres()))
@@ -255,7 +256,7 @@ async def test_an_unreachable_database_is_storage_unavailable(
 
 
 async def test_a_refused_login_says_why(node: Node, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pg, "OPEN_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(pg_connections, "OPEN_TIMEOUT_SECONDS", 1.0)
     dsn = require_postgres()
     with pytest.raises(StorageUnavailable, match='role "no_such_herald_role" does not exist'):
         await node(f"{dsn}?user=no_such_herald_role")
@@ -264,7 +265,7 @@ async def test_a_refused_login_says_why(node: Node, monkeypatch: pytest.MonkeyPa
 async def test_losing_the_database_is_a_503_and_the_node_recovers(
     node: Node, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg, "CONNECT_TIMEOUT_SECONDS", 1.0)
+    monkeypatch.setattr(pg_connections, "CONNECT_TIMEOUT_SECONDS", 1.0)
     dsn = require_postgres()
     params = conninfo_to_dict(dsn)
     proxy = await TcpProxy(str(params.get("host") or "127.0.0.1"),
@@ -355,7 +356,7 @@ async def test_session_settings_never_weaken_durability(node: Node) -> None:
 async def test_a_stream_locked_too_long_is_a_503_not_a_hang(
     node: Node, schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(pg, "LOCK_TIMEOUT_MS", 300)
+    monkeypatch.setattr(pg_connections, "LOCK_TIMEOUT_MS", 300)
     a = await node()
     await a.append("held", batch(ev(0)))
     with psycopg.connect(require_postgres()) as holder:  # a stuck appender elsewhere
