@@ -17,6 +17,7 @@ the file only.
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import re
 import tomllib
@@ -385,6 +386,21 @@ class SettingError(ValueError):
         super().__init__(message)
         self.key = key
         self.message = message
+
+
+def registered_class(registry: Mapping[str, str], name: str, label: str,
+                     kind: str) -> type[Any]:
+    """The class a registry (name → "module:Class") names, its module imported now:
+    how engines and gatherer sources are chosen by name, and their dependencies
+    imported only when chosen. ConfigError, naming ``label`` and the known names,
+    for a name the registry does not have ("[storage] engine: unknown engine 'x'")."""
+    target = registry.get(name)
+    if target is None:
+        raise ConfigError(f"{label}: unknown {kind} {name!r} "
+                          f"(known: {', '.join(sorted(registry))})")
+    module_name, class_name = target.split(":")
+    cls: type[Any] = getattr(importlib.import_module(module_name), class_name)
+    return cls
 
 
 def build_section(cls: type[Any], table: Mapping[str, Any], section: str,

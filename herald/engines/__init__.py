@@ -15,10 +15,9 @@ conformance kits, tests/conformance/engines.py). Its class says
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
-from ..config import build_section
+from ..config import build_section, registered_class
 from ..errors import ConfigError
 
 if TYPE_CHECKING:
@@ -37,12 +36,7 @@ ENGINES: dict[str, str] = {
 
 
 def engine_class(name: str) -> type[Engine]:
-    target = ENGINES.get(name)
-    if target is None:
-        raise ConfigError(f"[storage] engine: unknown engine {name!r} "
-                          f"(known: {', '.join(sorted(ENGINES))})")
-    module_name, class_name = target.split(":")
-    cls: type[Engine] = getattr(importlib.import_module(module_name), class_name)
+    cls: type[Engine] = registered_class(ENGINES, name, "[storage] engine", "engine")
     return cls
 
 
@@ -53,7 +47,7 @@ def engine_settings(config: Config) -> tuple[type[Engine], object]:
     for name in config.storage.sections:
         if name not in ENGINES:
             raise ConfigError(f"[storage.{name}]: unknown engine {name!r} "
-                              f"(known: {', '.join(sorted(ENGINES))})")
+                              f"(known: {', '.join(sorted(ENGINES))})")  # not chosen: no import
     name = config.storage.engine
     cls = engine_class(name)
     settings = build_section(cls.settings, config.storage.section(), f"storage.{name}",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 
-from ..config import ConfigError, GatherConfig, SettingError, build_section
+from ..config import ConfigError, GatherConfig, SettingError, build_section, registered_class
 from ..errors import Conflict, HeraldError, NotFound
 from ..hub import Hub
 from .base import Gatherer, Source
@@ -37,12 +37,8 @@ _DRIVERS = {"postgres": "psycopg", "mysql": "pymysql", "eventsourcing": "eventso
 
 def source_class(config: GatherConfig) -> type[Source]:
     """The class of a gatherer's source; its module imports no driver."""
-    target = SOURCES.get(config.source)
-    if target is None:
-        raise ConfigError(f"[[gather]] {config.name} source: unknown source "
-                          f"{config.source!r} (known: {', '.join(SOURCES)})")
-    module_name, class_name = target.split(":")
-    cls: type[Source] = getattr(importlib.import_module(module_name), class_name)
+    cls: type[Source] = registered_class(SOURCES, config.source,
+                                         f"[[gather]] {config.name} source", "source")
     return cls
 
 

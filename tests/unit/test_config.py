@@ -385,7 +385,7 @@ _ES = ('[[gather]]\nname = "g"\nstream = "s"\nsource = "eventsourcing"\n'
 
 @pytest.mark.parametrize(("toml", "named"), [
     (_GATHERER.replace('"sqlite"', '"oracle"'), "[[gather]] g source: unknown source "
-     "'oracle' (known: sqlite, postgres, mysql, eventsourcing)"),
+     "'oracle' (known: eventsourcing, mysql, postgres, sqlite)"),
     (_GATHERER.replace('dsn = "m.db"\n', ""), "[[gather]] g dsn: required for a sqlite source"),
     (_GATHERER.replace('"sqlite"', '"postgres"').replace('dsn = "m.db"\n', ""),
      "[[gather]] g dsn: required for a postgres source"),
