@@ -75,9 +75,11 @@ class ReadPage:
 
     @property
     def next(self) -> int:
-        """Where the next page begins."""
-        events = self.events()
-        return events[-1].position + 1 if events else max(self.start, 0)
+        """Where the next page begins: after the page's last event (from the record
+        headers alone: no event is decoded for it), or ``start`` for an empty page."""
+        if not self.records or self.records[-1].end <= self.start:
+            return self.start
+        return min(self.records[-1].end, self.start + self.limit)
 
 
 class Hub:

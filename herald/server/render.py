@@ -36,9 +36,7 @@ _encoder = msgspec.json.Encoder()
 
 def render_json_page(page: ReadPage) -> bytes:
     """``{"events": […], "next": N, "head": H}``."""
-    events = page.events()
-    next_position = events[-1].position + 1 if events else max(page.start, 0)
-    return _encoder.encode(_PageOut(events=events, next=next_position, head=page.head))
+    return _encoder.encode(_PageOut(events=page.events(), next=page.next, head=page.head))
 
 
 def render_sse(records: Iterable[Record], start: int) -> tuple[bytes, int]:
