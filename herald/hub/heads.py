@@ -140,11 +140,6 @@ class Watcher:
         self._waiters = waiters
         self._alarms = waiters.alarms
 
-    @property
-    def head(self) -> int:
-        """The highest durable head seen since the watch began (0: none yet)."""
-        return self._waiters.head
-
     async def wait(self, position: int, timeout: float) -> int:
         """Until a head beyond ``position`` is seen, or ``timeout``; the head seen.
 
