@@ -29,6 +29,7 @@ from .errors import (
     TransportError,
     Unauthorized,
     UnmappableRow,
+    UnsupportedEncoding,
 )
 from .model import AppendResult, Duplicate, Event, Limits, StreamInfo
 from .version import __version__
@@ -59,6 +60,7 @@ __all__ = [
     "ExpectedHeadMismatch",
     "Conflict",
     "TooLarge",
+    "UnsupportedEncoding",
     "RateLimited",
     "RequestTimeout",
     "ConfigError",

@@ -7,21 +7,32 @@
 
 Strict TLS stacks silently refuse a client certificate without the ``clientAuth``
 extended key usage; nobody should lose a day to that, so this module never makes one.
-Private keys are written with mode 0600.
+Private keys are written with mode 0600, whole or not at all (herald.secretfiles): a
+full disk never leaves an empty ``ca.key``. Herald's own TLS directory
+(``<data>/tls``) is 0700 and everything in it 0600; its keys are refused at start if
+they are links or readable by others.
 """
 
 from __future__ import annotations
 
 import datetime
 import ipaddress
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from .errors import ConfigError
+from .secretfiles import (
+    PRIVATE_FILE_MODE,
+    private_dir,
+    read_private,
+    write_error,
+    write_private,
+)
 
 __all__ = [
     "CertPair",
@@ -29,6 +40,7 @@ __all__ = [
     "create_server_cert",
     "create_client_cert",
     "ensure_server_tls",
+    "key_strength_problem",
     "load_ca",
     "write_private",
 ]
@@ -36,6 +48,9 @@ __all__ = [
 CA_DAYS = 3650
 LEAF_DAYS = 825  # the most browsers accept for a server certificate
 DEFAULT_SERVER_NAMES = ("localhost", "127.0.0.1", "::1")
+# A certificate is public: readable by all where the operator puts it (`herald certs
+# --out`), 0600 like everything else inside the data directory.
+PUBLIC_FILE_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -53,21 +68,13 @@ class CertPair:
             serialization.NoEncryption(),
         )
 
-    def write(self, cert_path: Path, key_path: Path) -> None:
+    def write(self, cert_path: Path, key_path: Path, *,
+              cert_mode: int = PUBLIC_FILE_MODE) -> None:
+        """The key (0600), then the certificate (``cert_mode``), each whole or not at
+        all; StorageFull/StorageError if the disk refuses."""
         cert_path.parent.mkdir(parents=True, exist_ok=True)
         write_private(key_path, self.key_pem())
-        cert_path.write_bytes(self.cert_pem())
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Write a secret readable by its owner only (0600), never briefly wider."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-    finally:
-        os.close(fd)
+        write_private(cert_path, self.cert_pem(), mode=cert_mode)
 
 
 def _name(common_name: str) -> x509.Name:
@@ -163,27 +170,79 @@ def create_client_cert(
     return _leaf(ca, module, ExtendedKeyUsageOID.CLIENT_AUTH, [], days, not_before)
 
 
-def load_ca(cert_path: Path, key_path: Path) -> CertPair:
-    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
-    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+def load_ca(cert_path: Path, key_path: Path, *, ours: bool = False) -> CertPair:
+    """A CA and its key. FileNotFoundError if one is missing; ValueError if one is not
+    PEM (or not an EC key); ConfigError if the key file is refused (``ours``: Herald's
+    own, see herald.secretfiles) or cannot be read."""
+    try:
+        cert_pem = cert_path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as exc:
+        raise ConfigError(f"CA certificate {cert_path}: cannot read it: "
+                          f"{exc.strerror or exc}") from None
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    key = serialization.load_pem_private_key(read_private(key_path, "CA key", ours=ours),
+                                             password=None)
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise ValueError(f"{key_path}: expected an EC private key")
     return CertPair(cert, key)
 
 
-def ensure_server_tls(tls_dir: Path, names: tuple[str, ...] = DEFAULT_SERVER_NAMES) -> bool:
-    """Create ``ca.pem``/``ca.key`` and ``server.pem``/``server.key`` if missing.
+# The weakest private key Herald serves with: 112 bits of security (NIST SP 800-57
+# Part 1, acceptable until 2030): RSA of 2048 bits; elliptic curves of 256 bits (P-256,
+# what Herald makes; TLS offers nothing between P-224 and it). DSA is no TLS 1.3 key.
+MIN_RSA_BITS = 2048
+MIN_EC_BITS = 256
 
-    Returns True when anything was created.
+
+def key_strength_problem(pem: bytes) -> str | None:
+    """Why the unencrypted PEM private key ``pem`` is too weak to serve TLS with; None
+    if it is strong enough, or is not a key this can read (whoever loads it says so)."""
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError):
+        return None
+    if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
+        return f"an RSA key of {key.key_size} bits; at least {MIN_RSA_BITS} are required"
+    if isinstance(key, ec.EllipticCurvePrivateKey) and key.curve.key_size < MIN_EC_BITS:
+        return (f"an elliptic-curve key on {key.curve.name} ({key.curve.key_size} bits); "
+                f"at least {MIN_EC_BITS} are required (P-256)")
+    if isinstance(key, dsa.DSAPrivateKey):
+        return "a DSA key; use EC (P-256) or RSA of at least 2048 bits"
+    return None
+
+
+def _have_key(path: Path, what: str) -> bool:
+    """Is Herald's own key there? An empty one is not: an older Herald left it so when
+    its first start ran out of disk. Any other refusal (a link, a wide mode) stops."""
+    try:
+        return bool(read_private(path, what, ours=True))
+    except FileNotFoundError:
+        return False
+
+
+def ensure_server_tls(tls_dir: Path, names: tuple[str, ...] = DEFAULT_SERVER_NAMES) -> bool:
+    """Create ``ca.pem``/``ca.key`` and ``server.pem``/``server.key`` if missing, in a
+    private directory (0700, files 0600); check the keys that are there.
+
+    Returns True when anything was created. ConfigError if a key is refused
+    (herald.secretfiles); StorageFull/StorageError if the disk refuses a write, which
+    leaves no partial file: the next start creates what is missing.
     """
+    try:
+        private_dir(tls_dir)
+    except OSError as exc:
+        raise write_error(exc, tls_dir) from exc
     ca_cert, ca_key = tls_dir / "ca.pem", tls_dir / "ca.key"
     server_cert, server_key = tls_dir / "server.pem", tls_dir / "server.key"
     created = False
-    if not (ca_cert.exists() and ca_key.exists()):
-        create_ca().write(ca_cert, ca_key)
+    if not (_have_key(ca_key, "CA key") and ca_cert.exists()):
+        server_cert.unlink(missing_ok=True)  # first: it would be of the old CA
+        create_ca().write(ca_cert, ca_key, cert_mode=PRIVATE_FILE_MODE)
         created = True
-        server_cert.unlink(missing_ok=True)
-    if not (server_cert.exists() and server_key.exists()):
-        create_server_cert(load_ca(ca_cert, ca_key), names).write(server_cert, server_key)
+    if not (_have_key(server_key, "server key") and server_cert.exists()):
+        create_server_cert(load_ca(ca_cert, ca_key, ours=True), names).write(
+            server_cert, server_key, cert_mode=PRIVATE_FILE_MODE)
         created = True
     return created

@@ -73,6 +73,7 @@ def _connect(args: argparse.Namespace) -> Client:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from .logsafe import LogFormatter
     from .node import Node
 
     overrides: dict[str, Any] = {}
@@ -81,8 +82,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.listen:
         overrides.setdefault("server", {})["listen"] = args.listen
     config = load_config(Path(args.config) if args.config else None, overrides)
-    logging.basicConfig(level=logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # Each record one line of printable text, whoever logs it (herald.logsafe).
+    handler = logging.StreamHandler()
+    handler.setFormatter(LogFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=logging.INFO, handlers=[handler])
     asyncio.run(Node(config).run())
     return 0
 
@@ -401,11 +404,14 @@ def cmd_tokens_new(args: argparse.Namespace) -> int:
 
 
 def cmd_tokens_hash(args: argparse.Namespace) -> int:
-    from .server.auth import token_sha256
+    from .server.auth import token_problem, token_sha256
 
     token = _secret_line("token: ").strip()
     if not token:
         raise HeraldError("no token on stdin (one line)", code="empty_token")
+    problem = token_problem(token)
+    if problem is not None:
+        raise HeraldError(f"the token {problem}", code="weak_token")
     print(f'token_sha256 = "{token_sha256(token)}"')
     return 0
 
@@ -428,6 +434,27 @@ def _stderr_console() -> Any:
 
 # --- the parser ---------------------------------------------------------------------
 
+# The ranges of the numeric flags: positions are 64-bit; one batch holds at most
+# 65,536 events (the ids of a batch's prefix); a certificate valid for more than a
+# century is a mistake (and past year 9999, an error in the date arithmetic).
+MAX_POSITION = 2**63 - 1
+MAX_PUBLISH_BATCH = 65_536
+MAX_CERT_DAYS = 36_500
+
+
+def _int_in(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: an integer from ``low`` to ``high``, else a usage error that
+    names the flag (argparse adds it)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be {low} to {high}, got {value}")
+        return value
+    return parse
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="herald", description="Herald, the event hub.")
@@ -443,15 +470,17 @@ def build_parser() -> argparse.ArgumentParser:
     publish = commands.add_parser("publish", help="append JSON-lines events to a stream")
     publish.add_argument("stream")
     publish.add_argument("file", nargs="?", help="JSON lines file (default: stdin)")
-    publish.add_argument("--batch", type=int, default=1000, help="events per batch (1000)")
-    publish.add_argument("--expected-head", type=int, default=None,
+    publish.add_argument("--batch", type=_int_in(1, MAX_PUBLISH_BATCH), default=1000,
+                         help="events per batch (1000)")
+    publish.add_argument("--expected-head", type=_int_in(0, MAX_POSITION), default=None,
                          help="fail unless the stream's head is this (then chain)")
     _client_options(publish)
     publish.set_defaults(func=cmd_publish)
 
     tail = commands.add_parser("tail", help="print a stream's events as JSON lines")
     tail.add_argument("stream")
-    tail.add_argument("--from", dest="from_", type=int, default=0, help="first position (0)")
+    tail.add_argument("--from", dest="from_", type=_int_in(0, MAX_POSITION), default=0,
+                      help="first position (0)")
     tail.add_argument("--follow", "-f", action="store_true", help="keep waiting for events")
     _client_options(tail)
     tail.set_defaults(func=cmd_tail)
@@ -519,7 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     def cert_options(sub: argparse.ArgumentParser, issued: bool) -> None:
         days = LEAF_DAYS if issued else CA_DAYS
         sub.add_argument("--out", default=".", help="directory to write to (.)")
-        sub.add_argument("--days", type=int, default=days, help=f"validity in days ({days})")
+        sub.add_argument("--days", type=_int_in(1, MAX_CERT_DAYS), default=days,
+                         help=f"validity in days ({days})")
         sub.add_argument("--force", action="store_true", help="replace existing files")
         if issued:
             sub.add_argument("--ca", help="the CA certificate that signs "

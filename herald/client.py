@@ -42,6 +42,7 @@ for lost.
 from __future__ import annotations
 
 import asyncio
+import io
 import ssl
 import threading
 from collections.abc import (
@@ -160,7 +161,6 @@ def _node_urls(url: str | Sequence[str]) -> list[str]:
     return urls
 
 
-_page_decoder = msgspec.json.Decoder(_Page)
 _encoder = msgspec.json.Encoder()
 
 
@@ -194,6 +194,9 @@ def _read_token(token: str | None, token_file: str | Path | None) -> str | None:
             return Path(token_file).read_text().strip()
         except OSError as exc:
             raise ClientError(f"cannot read token file {token_file}: {exc.strerror}",
+                              code="bad_token_file") from exc
+        except UnicodeDecodeError as exc:
+            raise ClientError(f"cannot read token file {token_file}: it is not UTF-8 text",
                               code="bad_token_file") from exc
     return None
 
@@ -285,7 +288,7 @@ class AsyncClient:
             sent = False
             try:
                 async with self._http().request(
-                    method, url + path, params=params, data=data, headers=headers,
+                    method, url + path, params=params, data=_payload(data), headers=headers,
                     timeout=aiohttp.ClientTimeout(total=self._timeout),
                 ) as response:
                     sent = True
@@ -328,7 +331,7 @@ class AsyncClient:
         answer = await self._request("POST", _events_path(stream), params=params,
                                      data=body, headers={"Content-Type": "application/json"},
                                      idempotent=True if expected_head is not None else None)
-        return msgspec.json.decode(answer, type=AppendResult)
+        return _decode(answer, AppendResult)
 
     async def read(self, stream: str, start: int = 0, limit: int | None = None) -> ReadResult:
         """Up to ``limit`` events from position ``start`` (None: the server's default
@@ -337,19 +340,16 @@ class AsyncClient:
         if limit is not None:
             params["limit"] = str(limit)
         answer = await self._request("GET", _events_path(stream), params=params)
-        try:
-            page = _page_decoder.decode(answer)
-        except msgspec.MsgspecError as exc:
-            raise ProtocolError(f"unexpected read answer: {exc}") from exc
+        page = _decode(answer, _Page)
         return ReadResult(events=page.events, next=page.next, head=page.head)
 
     async def streams(self) -> list[StreamInfo]:
         answer = await self._request("GET", "/v1/streams")
-        return msgspec.json.decode(answer, type=_Streams).streams
+        return _decode(answer, _Streams).streams
 
     async def stream(self, stream: str) -> StreamInfo:
         answer = await self._request("GET", f"/v1/streams/{validate_stream_name(stream)}")
-        return msgspec.json.decode(answer, type=StreamInfo)
+        return _decode(answer, StreamInfo)
 
     async def gatherers(self) -> list[GathererStatus]:
         """Every gatherer's status (admin)."""
@@ -384,17 +384,25 @@ def _events_path(stream: str) -> str:
     # Checked here, not only by the server: the name goes into the URL, where "..",
     # "/" or "?" would change which resource is asked for (a valid name needs no quoting).
     return f"/v1/streams/{validate_stream_name(stream)}/events"
+# What msgspec raises for a body it cannot decode: its own errors, and the two it
+# lets through (invalid UTF-8 in a string it builds, nesting beyond its guard).
+_UNDECODABLE = (msgspec.MsgspecError, UnicodeDecodeError, RecursionError)
+
+
 def _decode(answer: bytes, type_: type[T]) -> T:
+    """A server's answer as ``type_``; ProtocolError if it is not one. Every answer
+    the client decodes goes through here (or ``_error``): the client raises nothing
+    but HeraldError (tests/unit/test_client_errors.py)."""
     try:
         return msgspec.json.decode(answer, type=type_)
-    except msgspec.MsgspecError as exc:
+    except _UNDECODABLE as exc:
         raise ProtocolError(f"unexpected answer: {exc}") from exc
 
 
 def _error(status: int, body: bytes) -> HeraldError:
     try:
         document = msgspec.json.decode(body)
-    except msgspec.MsgspecError:
+    except _UNDECODABLE:
         document = None
     return error_from_wire(status, document)
 
@@ -565,6 +573,19 @@ class AsyncSubscription:
         finally:
             _abandon(response)
             self._response = None
+
+
+# Bodies above this go to aiohttp as a file-like object, written in pieces: aiohttp
+# warns (ResourceWarning) that one large ``bytes`` body could hold the event loop.
+_LARGE_BODY_BYTES = 1024 * 1024
+
+
+def _payload(data: bytes | None) -> bytes | io.BytesIO | None:
+    """A request body as aiohttp should get it (a fresh object per attempt: a
+    retry on the next node sends it again from its start)."""
+    if data is not None and len(data) > _LARGE_BODY_BYTES:
+        return io.BytesIO(data)
+    return data
 
 
 def _abandon(response: aiohttp.ClientResponse) -> None:

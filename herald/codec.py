@@ -31,6 +31,8 @@ Invariant (fuzzed in tests): any bytes either decode or raise ``CorruptRecord`` 
 
 from __future__ import annotations
 
+import math
+import re
 import struct
 import zlib
 from dataclasses import dataclass
@@ -45,6 +47,8 @@ __all__ = [
     "HEADER_SIZE",
     "MAGIC",
     "MAX_RECORD_BODY",
+    "MAX_RECORD_COUNT",
+    "BODY_OVERHEAD",
     "MEDIA_TYPE",
     "Record",
     "RecordDecoder",
@@ -52,9 +56,12 @@ __all__ = [
     "decode_batch",
     "decode_record_at",
     "encode_batch",
+    "encode_events",
     "encode_heartbeat",
     "encode_record",
     "events_of",
+    "number_problem",
+    "MAX_SAFE_INTEGER",
     "parse_records",
 ]
 
@@ -64,11 +71,18 @@ HEADER = struct.Struct("<4sBBHQIqII")
 HEADER_SIZE = HEADER.size  # 36
 _CRC_SPAN = HEADER_SIZE - 4  # the header bytes the CRC covers
 
-# A length field beyond this is treated as corruption rather than trusted: a reader
-# must never allocate gigabytes because one bit flipped. Well above the largest batch
-# the limits admit (16 MiB request → a slightly larger body at most).
+# The format's bounds. A length field beyond them is treated as corruption rather
+# than trusted: a reader must never allocate gigabytes because one bit flipped. The
+# writer holds itself to the same two numbers (encode_record), and the hub refuses,
+# at start, limits that would let a batch exceed them (Hub, ``check_limits``): what
+# is acknowledged can always be read back, by every reader of the format.
 MAX_RECORD_BODY = 64 * 1024 * 1024
 MAX_RECORD_COUNT = 1 << 16
+# What a record body adds to the request's events: ``{"p":"<prefix>","e":…}``, the
+# prefix being model.new_id_prefix's 32 characters. A body is at most this plus the
+# events' bytes as sent (re-encoding a batch, after dropping duplicates, only
+# removes bytes).
+BODY_OVERHEAD = len(b'{"p":"","e":}') + 32
 
 MEDIA_TYPE = "application/vnd.herald.records"
 
@@ -93,6 +107,13 @@ class Record:
 
 
 def encode_record(base: int, count: int, time_us: int, body: bytes) -> bytes:
+    """A record's bytes. Raises TooLarge for a body or count beyond the format's
+    bounds: a record no reader would accept is never written (the hub's limits
+    keep every batch within them; this is the last line)."""
+    if len(body) > MAX_RECORD_BODY or count > MAX_RECORD_COUNT:
+        raise TooLarge(f"a record of {count} events and {len(body)} bytes is beyond the "
+                       f"record format ({MAX_RECORD_COUNT} events, {MAX_RECORD_BODY} bytes)",
+                       code="batch_too_large", limit=MAX_RECORD_BODY)
     head = HEADER.pack(MAGIC, VERSION, 0, 0, base, count, time_us, len(body), 0)
     crc = zlib.crc32(body, zlib.crc32(head[:_CRC_SPAN]))
     return head[:_CRC_SPAN] + crc.to_bytes(4, "little") + body
@@ -199,6 +220,11 @@ _events_decoder = msgspec.json.Decoder(_EventsBody)
 _append_decoder = msgspec.json.Decoder(list[NewEvent])
 
 
+def encode_events(events: list[NewEvent]) -> bytes:
+    """The JSON array of ``events``, as a record body holds them."""
+    return _encoder.encode(events)
+
+
 def encode_batch(batch: Batch, prefix: str) -> bytes:
     """A record body: ``{"p": prefix, "e": [events]}``.
 
@@ -251,6 +277,50 @@ def events_of(record: Record, start: int = 0, limit: int | None = None) -> list[
     return stored
 
 
+# --- numbers every reader reads the same ----------------------------------------------
+
+# JSON puts no bound on numbers; its readers do (RFC 7493, I-JSON §2.2). JavaScript
+# reads every number as a double: an integer beyond ±(2**53 - 1) comes back as
+# another one. Python's ``json`` refuses integers of more than 4,300 digits, msgspec
+# those beyond 64 bits, and a double cannot hold 1e999 (inf to one reader, an error
+# to the next). Herald refuses at append what any of them would read otherwise, so
+# that every subscriber reads every event, in any language.
+MAX_SAFE_INTEGER = 2**53 - 1
+# A number that could break the rule has 16 or more digits in a row, or an exponent,
+# right after the structural character before a number. An event's data without such
+# a run (almost all data) is checked by this one scan; a string that happens to hold
+# one (``"a:1e5"``) only costs the exact check below.
+_SUSPECT_NUMBER = re.compile(rb"[\[,:]\s*-?(?:[0-9]{16}|[0-9.]+[eE])")
+# The exact check: strings are skipped whole, numbers taken as JSON writes them.
+_DIGIT_OR_MINUS = frozenset(bytes([c]) for c in b"-0123456789")
+_JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*')
+
+
+def number_problem(data: bytes | memoryview | msgspec.Raw) -> str | None:
+    """Why a JSON value holds a number some reader would not read back exactly (None:
+    it holds none). Integers must be within ±MAX_SAFE_INTEGER; other numbers must
+    fit a double (not overflow to infinity)."""
+    # A bare number (``"data": 1e999``) has no structural character before it.
+    if _SUSPECT_NUMBER.search(data) is None and bytes(memoryview(data)[:1]) not in _DIGIT_OR_MINUS:
+        return None
+    for match in _JSON_TOKEN.finditer(data):
+        token = match.group()
+        if token[0] == 34:  # '"': a string
+            continue
+        if b"." in token or b"e" in token or b"E" in token:
+            if math.isinf(float(token)):
+                return f"the number {_shown(token)}, beyond what a double holds"
+        elif len(token.lstrip(b"-")) > 16 or abs(int(token)) > MAX_SAFE_INTEGER:
+            return (f"the integer {_shown(token)}, beyond ±{MAX_SAFE_INTEGER} (2**53 - 1): "
+                    "JavaScript reads it as another number (send it as a string)")
+    return None
+
+
+def _shown(token: bytes) -> str:
+    text = token.decode("ascii", "replace")
+    return text if len(text) <= 40 else f"{text[:20]}…({len(text)} characters)"
+
+
 def decode_append(body: bytes, limits: Limits) -> Batch:
     """Validate and decode an append request: a JSON array of events.
 
@@ -281,6 +351,12 @@ def decode_append(body: bytes, limits: Limits) -> Batch:
         raise InvalidRequest("body is nested too deeply", code="invalid_json") from exc
     if not events:
         raise EmptyBatch("a batch needs at least one event")
+    if _SUSPECT_NUMBER.search(body) is not None:
+        for index, event in enumerate(events):
+            problem = number_problem(event.data)
+            if problem is not None:
+                raise InvalidRequest(f"event {index}: its data holds {problem}",
+                                     code="invalid_event", index=index)
     if len(events) > limits.max_batch_events:
         raise TooLarge(
             f"batch has {len(events)} events; the limit is {limits.max_batch_events}",

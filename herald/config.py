@@ -12,12 +12,22 @@ dsn``: ``HERALD_STORAGE_POSTGRES_DSN``, or the older ``HERALD_STORAGE_DSN``).
 Principals (``[[principal]]``), dashboard users (``[[user]]``) and gatherers
 (``[[gather]]``, one per source, see GatherConfig) are lists of tables and live in
 the file only.
+
+Every number is range-checked, wherever it came from: a setting is a field declared
+with ``bounded(default, low, high)`` and its class's ``__post_init__`` calls
+``check_bounds``, so ``nan``, ``inf``, a negative timeout or a rate of 10^300 — each
+of which would quietly switch a protection off — is a one-line error naming the key
+(``[server] header_timeout: must be above 0 and at most 3600 s, got -1.0``; a
+non-finite one is refused as it is read). Booleans are never taken for numbers. The
+settings classes of engines and sources do the same; tests/unit/test_config_ranges.py
+finds every numeric field of every settings class and proves it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import math
 import os
 import re
 import tomllib
@@ -32,6 +42,7 @@ from .model import Limits, validate_stream_name
 from .passwords import PasswordHashError, parse_hash
 
 __all__ = [
+    "Bounds",
     "Config",
     "ConfigError",
     "PrincipalConfig",
@@ -41,6 +52,9 @@ __all__ = [
     "UserConfig",
     "StorageConfig",
     "TLSConfig",
+    "bounded",
+    "bounded_fields",
+    "check_bounds",
     "load_config",
     "parse_listen",
 ]
@@ -55,6 +69,95 @@ def parse_listen(value: str, key: str = "[server] listen") -> tuple[str, int]:
     if not sep or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ConfigError(f'{key}: expected "HOST:PORT", got {value!r}')
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+class SettingError(ValueError):
+    """Raised by a settings class's checks (``__post_init__``) that know the key at
+    fault but not the table's label: ``build_section`` names both, as in
+    ``[[gather]] inventory-db dsn: required for a postgres source``."""
+
+    def __init__(self, key: str | None, message: str) -> None:
+        super().__init__(message)
+        self.key = key
+        self.message = message
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range of a numeric setting: ``low`` to ``high`` inclusive, or above ``low``
+    (``above=True``: a timeout of 0 is none). ``unit`` is for messages ("s")."""
+
+    low: float
+    high: float
+    above: bool = False
+    unit: str = ""
+
+    def describe(self) -> str:
+        unit = f" {self.unit}" if self.unit else ""
+        if self.above:
+            return f"above {_number(self.low)} and at most {_number(self.high)}{unit}"
+        return f"{_number(self.low)} to {_number(self.high)}{unit}"
+
+    def problem(self, value: object, integer: bool) -> str | None:
+        """Why ``value`` is not a setting in these bounds; None if it is one."""
+        if integer:
+            if type(value) is not int:  # bool is an int to Python, never to Herald
+                return f"expected an integer, got {value!r}"
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            return f"expected a number, got {value!r}"
+        # nan passes every comparison below (nan <= 0 is false): refused first
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"must be a finite number {self.describe()}, got {value!r}"
+        # An int is compared exactly, never converted (10**400 is no float).
+        too_low = value <= self.low if self.above else value < self.low
+        if too_low or value > self.high:
+            return f"must be {self.describe()}, got {value!r}"
+        return None
+
+
+def bounded(default: float, low: float, high: float, *, above: bool = False,
+            unit: str = "") -> Any:
+    """A numeric setting's dataclass field and its Bounds (checked by check_bounds):
+    ``header_timeout: float = bounded(30.0, 0, 3600, above=True, unit="s")``."""
+    return field(default=default, metadata={"bounds": Bounds(low, high, above, unit)})
+
+
+# class → its bounded fields: (name, Bounds, an int, not a float?), found once.
+_BOUNDED: dict[type[Any], tuple[tuple[str, Bounds, bool], ...]] = {}
+
+
+def bounded_fields(cls: type[Any]) -> tuple[tuple[str, Bounds, bool], ...]:
+    """The ``bounded`` fields of a settings class: (name, Bounds, is an integer)."""
+    found = _BOUNDED.get(cls)
+    if found is None:
+        hints = typing.get_type_hints(cls)
+        fields = []
+        for f in dataclasses.fields(cls):
+            bounds = f.metadata.get("bounds")
+            if bounds is not None:
+                types = {hints[f.name], *typing.get_args(hints[f.name])} - {type(None)}
+                fields.append((f.name, bounds, float not in types))
+        found = _BOUNDED[cls] = tuple(fields)
+    return found
+
+
+def check_bounds(settings: Any, label: str | None = None) -> None:
+    """The first ``bounded`` field of ``settings`` that is not a number of its type
+    within its Bounds (None passes, for an optional setting): a ConfigError naming
+    ``label`` and the key (``[server] rate_limit: …``), or without a label (a class
+    that does not know its table's) a SettingError naming the key."""
+    for name, bounds, integer in bounded_fields(type(settings)):
+        value = getattr(settings, name)
+        if value is not None:
+            problem = bounds.problem(value, integer)
+            if problem is not None:
+                if label is not None:
+                    raise ConfigError(f"{label} {name}: {problem}")
+                raise SettingError(name, problem)
 
 
 # A client has this long to send a request's headers, counted from connecting or
@@ -72,6 +175,15 @@ BODY_TIMEOUT_SECONDS = 60.0
 # The admin token is not limited: it is the operator's.
 RATE_LIMIT_PER_SECOND = 500.0
 RATE_BURST = 1000
+# The ranges. A timeout above an hour is no timeout: a connection or an upload that
+# may stall that long pins its memory all the same. Below one request per 1000 s a
+# principal can hardly work; above a million per second (more than a node serves)
+# the rate limit is none, and so is a burst above a million. Nothing here may be 0
+# or less: that, or nan or inf, is how a protection used to be switched off.
+MAX_TIMEOUT_SECONDS = 3600.0
+MIN_RATE_LIMIT = 0.001
+MAX_RATE_LIMIT = 1_000_000.0
+MAX_RATE_BURST = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -79,20 +191,19 @@ class ServerConfig:
     listen: str = DEFAULT_LISTEN
     # Plain HTTP "HOST:PORT" that answers every request with a redirect to HTTPS.
     http_redirect: str | None = None
-    header_timeout: float = HEADER_TIMEOUT_SECONDS
-    body_timeout: float = BODY_TIMEOUT_SECONDS
-    rate_limit: float = RATE_LIMIT_PER_SECOND
-    rate_burst: int = RATE_BURST
+    header_timeout: float = bounded(HEADER_TIMEOUT_SECONDS, 0, MAX_TIMEOUT_SECONDS,
+                                    above=True, unit="s")
+    body_timeout: float = bounded(BODY_TIMEOUT_SECONDS, 0, MAX_TIMEOUT_SECONDS,
+                                  above=True, unit="s")
+    rate_limit: float = bounded(RATE_LIMIT_PER_SECOND, MIN_RATE_LIMIT, MAX_RATE_LIMIT,
+                                unit="requests/s")
+    rate_burst: int = bounded(RATE_BURST, 1, MAX_RATE_BURST, unit="requests")
 
     def __post_init__(self) -> None:
         parse_listen(self.listen)
         if self.http_redirect is not None:
             parse_listen(self.http_redirect, "[server] http_redirect")
-        for name in ("header_timeout", "body_timeout", "rate_limit"):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"[server] {name}: must be above 0")
-        if self.rate_burst < 1:
-            raise ConfigError("[server] rate_burst: must be at least 1")
+        check_bounds(self, "[server]")
 
 
 @dataclass(frozen=True)
@@ -273,7 +384,7 @@ class GatherConfig:
     stream: str
     # the source kind, a key of herald.gather.manager.SOURCES (checked there)
     source: str
-    batch: int = DEFAULT_GATHER_BATCH
+    batch: int = bounded(DEFAULT_GATHER_BATCH, 1, Limits.max_batch_events)
     # The source's keys, as written. repr=False: a DSN or an env may hold a password,
     # and a config is never logged whole.
     options: Mapping[str, Any] = field(default_factory=dict, repr=False)
@@ -292,8 +403,7 @@ class GatherConfig:
             raise ConfigError(f"{where} stream: {exc.message}") from None
         if not self.source:
             raise ConfigError(f"{where} source: must name a source (sqlite, postgres…)")
-        if not 1 <= self.batch <= Limits.max_batch_events:
-            raise ConfigError(f"{where} batch: must be 1 to {Limits.max_batch_events}")
+        check_bounds(self, where)
 
 
 @dataclass(frozen=True)
@@ -306,6 +416,11 @@ class Config:
     principals: tuple[PrincipalConfig, ...] = ()
     users: tuple[UserConfig, ...] = ()
     gather: tuple[GatherConfig, ...] = ()
+    # The file it was read from (None: none), and the secrets written in that file
+    # ("[[user]] password hashes", "[storage.postgres] dsn"): the node warns when
+    # every local user can read them. Not part of what the configuration means.
+    file: Path | None = field(default=None, compare=False)
+    file_secrets: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def tls_dir(self) -> Path:
@@ -350,8 +465,11 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
     if hint is float:
         try:
             if isinstance(value, (int, float, str)) and not isinstance(value, bool):
-                return float(value)
-        except ValueError:
+                number = float(value)
+                if math.isfinite(number):
+                    return number
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
+        except (ValueError, OverflowError):  # "x"; an int too large for a float
             pass
         raise ConfigError(f"{key}: expected a number, got {value!r}")
     if hint is str:
@@ -375,17 +493,6 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
         items = [_coerce(v, args[0], f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(items) if origin is tuple else items
     return value
-
-
-class SettingError(ValueError):
-    """Raised by a settings class's checks (``__post_init__``) that know the key at
-    fault but not the table's label: ``build_section`` names both, as in
-    ``[[gather]] inventory-db dsn: required for a postgres source``."""
-
-    def __init__(self, key: str | None, message: str) -> None:
-        super().__init__(message)
-        self.key = key
-        self.message = message
 
 
 def registered_class(registry: Mapping[str, str], name: str, label: str,
@@ -428,13 +535,13 @@ def build_section(cls: type[Any], table: Mapping[str, Any], section: str,
         values[key] = coerced
     try:
         return cls(**values)
-    except SettingError as exc:
-        where = f"{label} {exc.key}" if exc.key else label
-        raise ConfigError(f"{where}: {exc.message}") from None
     except ConfigError:
         raise
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{label}: {exc}") from exc
+        # A settings class's own check names its key (SettingError, model.LimitError).
+        at_fault = getattr(exc, "key", None)
+        where = f"{label} {at_fault}" if isinstance(at_fault, str) and at_fault else label
+        raise ConfigError(f"{where}: {getattr(exc, 'message', exc)}") from None
 
 
 def _storage_environment(environ: Mapping[str, str], engine: str) -> dict[str, Any]:
@@ -508,11 +615,51 @@ def load_config(
         base = Path(path).parent
     file_storage = raw.get("storage")
     engine = file_storage.get("engine", "files") if isinstance(file_storage, Mapping) else "files"
+    secrets = _secrets_in_file(raw)
     env = _from_environment(os.environ if environ is None else environ, str(engine))
     _merge(raw, env)
     if overrides:
         _merge(raw, overrides)
-    return config_from_dict(raw, base)
+    config = config_from_dict(raw, base)
+    if path is None:
+        return config
+    return dataclasses.replace(config, file=Path(path), file_secrets=secrets)
+
+
+# A password inside a DSN: "scheme://user:password@host", or "password=…".
+_DSN_PASSWORD = re.compile(r"://[^/@]*:[^/@]*@|\bpassword\s*=", re.IGNORECASE)
+# Environment keys of a source (eventsourcing's) that hold secrets.
+_SECRET_ENV_KEY = re.compile(r"PASSWORD|SECRET|KEY|TOKEN", re.IGNORECASE)
+
+
+def _secrets_in_file(raw: Mapping[str, Any]) -> tuple[str, ...]:
+    """What in a config file, as read, is a secret: people copy config files around,
+    and these are worth a warning when every local user can read the file. A token's
+    SHA-256 is not one (a token of 128 bits and more cannot be found from it)."""
+    found: list[str] = []
+
+    def dsn(value: Any, where: str) -> None:
+        if isinstance(value, str) and _DSN_PASSWORD.search(value):
+            found.append(f"{where} dsn")
+
+    users = raw.get("user")
+    if isinstance(users, list) and users:
+        found.append("[[user]] password hashes")
+    storage = raw.get("storage")
+    if isinstance(storage, Mapping):
+        dsn(storage.get("dsn"), "[storage]")
+        for name, table in storage.items():
+            if isinstance(table, Mapping):
+                dsn(table.get("dsn"), f"[storage.{name}]")
+    gatherers = raw.get("gather")
+    for table in gatherers if isinstance(gatherers, list) else ():
+        if isinstance(table, Mapping):
+            where = f"[[gather]] {table.get('name', '?')}"
+            dsn(table.get("dsn"), where)
+            env = table.get("env")
+            if isinstance(env, Mapping) and any(_SECRET_ENV_KEY.search(str(k)) for k in env):
+                found.append(f"{where} env")
+    return tuple(found)
 
 
 # Lists of tables: TOML key → (class, Config field).

@@ -20,6 +20,7 @@ the status only picks a generic class for a code this version does not know.
     │   ├── ExpectedHeadMismatch    409  the stream's head is not the expected one (.head)
     │   ├── Conflict                409  the request does not fit the current state
     │   ├── TooLarge                413  event_too_large / batch_too_large
+    │   ├── UnsupportedEncoding     415  unsupported_encoding: a compressed body
     │   └── RateLimited             429  rate_limited / login_backoff (Retry-After)
     ├── ConfigError                 400  invalid_config: the configuration is wrong
     ├── ServerError                 Herald or its storage is at fault (5xx)
@@ -60,6 +61,7 @@ __all__ = [
     "ExpectedHeadMismatch",
     "Conflict",
     "TooLarge",
+    "UnsupportedEncoding",
     "RateLimited",
     "ConfigError",
     "ServerError",
@@ -157,9 +159,9 @@ class ClientError(HeraldError):
     Its own codes: refusals of the HTTP layer (a request that is not HTTP, a method a
     route does not take, a header over the limit) and the client's and the command
     line's own mistakes (a bad URL, token file or TLS file; an existing file, a
-    missing CA, a bad name, nothing on stdin, a command that moved out of the
-    package). It is also what a 4xx answer with a code this version does not know
-    becomes (with that status).
+    missing CA, a bad name, nothing (or a weak token) on stdin, a command that moved
+    out of the package). It is also what a 4xx answer with a code this version does
+    not know becomes (with that status).
     """
 
     status = 400
@@ -169,7 +171,8 @@ class ClientError(HeraldError):
         # the client's own
         "bad_url", "bad_token_file", "bad_tls_files",
         # the command line's own
-        "file_exists", "no_ca", "invalid_name", "empty_password", "empty_token", "moved",
+        "file_exists", "no_ca", "invalid_name", "empty_password", "empty_token", "weak_token",
+        "moved",
     )
 
 
@@ -241,6 +244,15 @@ class Conflict(ClientError):
 class TooLarge(ClientError):
     status = 413
     codes: ClassVar[tuple[str, ...]] = ("too_large", "batch_too_large", "event_too_large")
+
+
+class UnsupportedEncoding(ClientError):
+    """A request body in a ``Content-Encoding`` Herald does not accept (any but
+    ``identity``): a few compressed bytes can inflate to gigabytes, so bodies are
+    taken only as sent, and refused before they are read."""
+
+    status = 415
+    codes: ClassVar[tuple[str, ...]] = ("unsupported_encoding",)
 
 
 class RateLimited(ClientError):

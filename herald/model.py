@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from .errors import InvalidRequest, InvalidStreamName
+from .errors import InvalidRequest, InvalidStreamName, ProtocolError
 
 __all__ = [
     "Limits",
@@ -31,11 +31,14 @@ __all__ = [
     "Duplicate",
     "StreamInfo",
     "validate_stream_name",
+    "validate_position",
+    "validate_decimal",
     "new_id_prefix",
     "assigned_id",
     "id_suffixes",
     "now_us",
     "time_from_us",
+    "MAX_POSITION",
     "MAX_STREAM_NAME_LENGTH",
     "MAX_TYPE_LENGTH",
     "MAX_ID_LENGTH",
@@ -53,6 +56,14 @@ MAX_ID_LENGTH = 128
 MAX_META_KEY_LENGTH = 128
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+# Positions, heads and counts are signed 64-bit integers in every engine (postgres
+# BIGINT); a client's number beyond this is refused before it reaches one.
+MAX_POSITION = (1 << 63) - 1
+_POSITION_DIGITS = len(str(MAX_POSITION))
+# ASCII only: in a str pattern, \d would match every script's digits.
+_DIGITS = re.compile(r"[0-9]+")
+_DECIMAL = re.compile(r"[0-9]+(?:\.[0-9]*)?|\.[0-9]+")
 
 # UUIDs carry the index of the event in its batch in their last 16 bits, so one
 # random prefix serves at most this many events (see new_ids).
@@ -83,10 +94,25 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("max_batch_bytes", "max_batch_events", "max_event_bytes",
                      "max_read_events", "dedup_window"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"limits.{name} must be at least 1")
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise LimitError(name, f"must be an integer, not {value!r}")
+            if value < 1:
+                raise LimitError(name, f"must be at least 1, not {value}")
         if self.max_batch_events > _IDS_PER_PREFIX:
-            raise ValueError(f"limits.max_batch_events must be at most {_IDS_PER_PREFIX}")
+            raise LimitError("max_batch_events", f"must be at most {_IDS_PER_PREFIX} (the "
+                             f"events of one record), not {self.max_batch_events}")
+        # The upper bounds that depend on the record format and the engine (a body
+        # of at most 64 MiB): hub.check_limits, when a hub is made over an engine.
+
+
+class LimitError(ValueError):
+    """A limit that cannot be: ``key`` names it (config shows ``[limits] key: …``)."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"limits.{key} {message}")
+        self.key = key
+        self.message = message
 
 
 _Type = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_TYPE_LENGTH)]
@@ -169,7 +195,14 @@ class Event(msgspec.Struct, kw_only=True, gc=False):
         """The event's JSON payload, decoded (once)."""
         value = self._data
         if value is msgspec.UNSET:
-            value = self._data = msgspec.json.decode(self.raw)
+            try:
+                value = self._data = msgspec.json.decode(self.raw)
+            # Herald refuses at append the numbers msgspec cannot read (codec.
+            # number_problem), but a stream may hold events from before that rule,
+            # or be served by another server: a subscriber gets Herald's error.
+            except (msgspec.MsgspecError, RecursionError) as exc:
+                raise ProtocolError(f"event {self.position}: its data does not decode: {exc}",
+                                    position=self.position) from exc
         return value
 
     def as_dict(self) -> dict[str, Any]:
@@ -177,8 +210,12 @@ class Event(msgspec.Struct, kw_only=True, gc=False):
                 "data": self.data, "meta": self.meta, "time": self.time}
 
     def __repr__(self) -> str:
+        try:
+            data = repr(self.data)
+        except ProtocolError:
+            data = f"<undecodable {bytes(self.raw)[:40]!r}>"
         return (f"Event(position={self.position!r}, id={self.id!r}, type={self.type!r}, "
-                f"data={self.data!r}, meta={self.meta!r}, time={self.time!r})")
+                f"data={data}, meta={self.meta!r}, time={self.time!r})")
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Event):
@@ -231,17 +268,36 @@ def validate_stream_name(name: str) -> str:
     return name
 
 
-def validate_position(value: Any, name: str) -> int:
-    """Parse a non-negative position or count from a query parameter."""
-    try:
-        number = int(value)
-    except (TypeError, ValueError):
-        raise InvalidRequest(f"{name} must be a non-negative integer",
-                             code="invalid_parameter", parameter=name) from None
-    if number < 0 or number >= 1 << 63:
-        raise InvalidRequest(f"{name} must be a non-negative integer",
-                             code="invalid_parameter", parameter=name)
+def validate_position(value: str | int, name: str) -> int:
+    """Parse a non-negative position or count, 0 to MAX_POSITION: the one parser of
+    every integer a client sends (query parameters, ``Last-Event-ID``).
+
+    Only ASCII decimal digits are accepted. Python's ``int()`` also takes ``1_0``,
+    ``+3``, `` 3 `` and other scripts' digits (``٣``), so two parsers — a proxy's, a
+    log's, Herald's — could read one request two ways.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str) and _DIGITS.fullmatch(value):
+        # Leading zeros are still a plain decimal; stripped, no bound is ever parsed
+        # past MAX_POSITION's 19 digits.
+        digits = value.lstrip("0")
+        number = int(digits or "0") if len(digits) <= _POSITION_DIGITS else MAX_POSITION + 1
+    else:
+        number = -1
+    if not 0 <= number <= MAX_POSITION:
+        raise InvalidRequest(f"{name} must be a non-negative integer (ASCII digits, at most "
+                             f"{MAX_POSITION})", code="invalid_parameter", parameter=name)
     return number
+
+
+def validate_decimal(value: str, name: str) -> float:
+    """Parse a non-negative decimal number (``15``, ``0.5``): ASCII digits and at most
+    one point; no sign, exponent, ``_``, ``inf`` or ``nan``, which ``float()`` takes."""
+    if not _DECIMAL.fullmatch(value):
+        raise InvalidRequest(f"{name} must be a decimal number (ASCII digits, optionally "
+                             "one '.')", code="invalid_parameter", parameter=name)
+    return float(value)
 
 
 _SUFFIXES: list[str] = []

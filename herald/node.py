@@ -11,6 +11,11 @@
    setting fails here), and only then the listeners. Shutdown is the reverse:
    gatherers (they append), listeners, and the hub (it closes the engine) last —
    and a start that fails half-way closes what it had opened.
+4. Secrets are checked before anything uses them (herald.secretfiles): Herald's own
+   (the admin token, ``tls/*.key``) are refused unless private; what is the
+   operator's (the data directory's mode, the ``[tls] key``, a config file with
+   secrets in it) is a warning when other users can read it — logged, and in the
+   banner, which says each file's real mode.
 """
 
 from __future__ import annotations
@@ -18,17 +23,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
-from .certs import ensure_server_tls
+from .certs import ensure_server_tls, key_strength_problem
 from .config import Config, parse_listen
 from .engines import create_engine
+from .errors import ConfigError
 from .gather.manager import GatherManager
 from .hub import Hub
+from .logsafe import logsafe
+from .secretfiles import (
+    exposure,
+    mode_text,
+    operator_file_warning,
+    private_dir,
+    read_private,
+    write_error,
+)
 from .server.app import create_app
 from .server.auth import Authenticator, ensure_admin_token
 from .server.listeners import Listener, listen, show_host, tls_context
@@ -56,6 +72,9 @@ class Node:
         self.redirect: Listener | None = None
         # What this start created on disk ("tls", "token"), for the banner.
         self.created: list[str] = []
+        # What this start found worth a warning (files other users can read): logged,
+        # and shown in the banner.
+        self.warnings: list[str] = []
         self._stack = contextlib.AsyncExitStack()
 
     @property
@@ -75,16 +94,23 @@ class Node:
 
     async def _start(self) -> str:
         config, stack = self.config, self._stack
-        config.data.mkdir(parents=True, exist_ok=True)
+        try:
+            private_dir(config.data)
+        except OSError as exc:  # a full disk, a read-only or foreign directory
+            raise write_error(exc, config.data) from exc
         if config.tls.cert is None:
             if await asyncio.to_thread(ensure_server_tls, config.tls_dir):
                 self.created.append("tls")
             cert, key = config.tls_dir / "server.pem", config.tls_dir / "server.key"
         else:
             cert, key = config.tls.cert, config.tls.key or config.tls.cert
+            _check_operator_key(key)
         token, token_created = ensure_admin_token(config.admin_token_path)
         if token_created:
             self.created.append("token")
+        self.warnings = file_warnings(config)
+        for warning in self.warnings:
+            log.warning("%s", logsafe(warning))
         ssl_context = tls_context(config.tls, cert, key)
         auth = Authenticator(token, config.principals, config.users,
                              require_client_cert=config.tls.require_client_cert)
@@ -166,7 +192,7 @@ class Node:
             # Herald does not know which CA signed a certificate it was given.
             ca = "YOUR-CA.pem"
             lines.append(f"  server certificate: {_display(config.tls.cert)}")
-        lines.append(f"  admin token:        {token} (mode 0600)"
+        lines.append(f"  admin token:        {token} (mode {_mode(config.admin_token_path)})"
                      + ("  (created)" if "token" in self.created else ""))
         if config.tls.client_ca is not None:
             need = "required" if config.tls.require_client_cert else "accepted"
@@ -176,6 +202,7 @@ class Node:
                      f"{len(config.users)}")
         lines += [f"  gathering:          {g.source.describe()} → stream {g.stream} ({g.name})"
                   for g in gatherers.gatherers.values()]
+        lines += [f"  WARNING: {warning}" for warning in self.warnings]
         if self.redirect is not None:
             lines.append(f"Plain HTTP on {self.redirect.url} only redirects to HTTPS")
         lines += [
@@ -188,6 +215,61 @@ class Node:
             "",
         ]
         return "\n".join(lines)
+
+
+def file_warnings(config: Config) -> list[str]:
+    """What other local users may read that they should not, found at start: the data
+    directory (Herald makes it 0700; one made wider by hand or by an older Herald lets
+    them read every stream), the operator's ``[tls] key``, and a config file that holds
+    secrets. Warnings, not refusals: these files are the operator's (Herald's own
+    secrets are refused instead, when they are read)."""
+    warnings = []
+    try:
+        mode = os.stat(config.data).st_mode
+    except OSError:
+        mode = 0
+    who = exposure(mode & 0o077)
+    if who is not None:
+        warnings.append(f"data directory {config.data} has mode {mode_text(mode)}: {who} "
+                        f"can look into it, and may read its streams; `chmod 700 "
+                        f"{config.data}`")
+    if config.tls.cert is not None:
+        key = config.tls.key or config.tls.cert
+        warning = operator_file_warning(key, "[tls] key")
+        if warning is not None:
+            warnings.append(warning)
+    if config.file is not None and config.file_secrets:
+        try:
+            mode = os.stat(config.file).st_mode
+        except OSError:
+            mode = 0
+        if mode & 0o004:
+            warnings.append(f"config file {config.file} has mode {mode_text(mode)}: every "
+                            f"local user can read the secrets in it "
+                            f"({', '.join(config.file_secrets)}); `chmod 600 {config.file}` "
+                            "(or 640 for a group that must read it)")
+    return warnings
+
+
+def _check_operator_key(key: Path) -> None:
+    """A ConfigError if the ``[tls] key`` is a directory, not UTF-8… or too weak to
+    serve with (herald.certs.key_strength_problem). A missing or unreadable one is left
+    to the TLS context, which names every file it was given."""
+    try:
+        pem = read_private(key, "[tls] key", ours=False)
+    except FileNotFoundError:
+        return
+    problem = key_strength_problem(pem)
+    if problem is not None:
+        raise ConfigError(f"[tls] key {key}: {problem}")
+
+
+def _mode(path: Path) -> str:
+    """A file's mode as the banner shows it: what it is, not what it should be."""
+    try:
+        return mode_text(os.stat(path).st_mode)
+    except OSError:
+        return "missing"
 
 
 def _display(path: Path) -> str:

@@ -45,6 +45,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
+from .. import codec
 from ..codec import Record
 from ..errors import HeraldError
 from ..model import StreamInfo
@@ -178,6 +179,10 @@ class Engine(abc.ABC):
     name: str = "engine"
     # The dataclass of the engine's own table, [storage.<name>] (engines/__init__.py).
     settings: ClassVar[type[Any]] = NoSettings
+    # The largest record body the engine stores and reads back whole: the format's
+    # bound, or lower where the storage is tighter (a blob write, a table entity).
+    # The hub refuses limits beyond it at start (hub.check_limits).
+    max_record_body: ClassVar[int] = codec.MAX_RECORD_BODY
 
     @classmethod
     @abc.abstractmethod

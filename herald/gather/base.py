@@ -37,6 +37,7 @@ import msgspec
 from msgspec import UNSET
 
 from .. import codec
+from ..codec import number_problem
 from ..config import GatherConfig
 from ..errors import (
     ExpectedHeadMismatch,
@@ -45,6 +46,7 @@ from ..errors import (
     UnmappableRow,
 )
 from ..hub import Hub
+from ..logsafe import logsafe
 from ..model import MAX_ID_LENGTH, MAX_TYPE_LENGTH, Batch, NewEvent
 from .skips import SKIP_STREAM, SkipLog
 from .status import GathererStatus, GatherFailure, GatherState
@@ -248,7 +250,8 @@ class Gatherer:
             task.cancel()
             await asyncio.wait({task}, timeout=WAKE_SLICE_SECONDS)
         if task is not None and not task.cancelled() and task.exception() is not None:
-            log.error("gatherer %s ended with an error", self.name, exc_info=task.exception())
+            log.error("gatherer %s ended with an error", logsafe(self.name),
+                      exc_info=task.exception())
         self.state = GatherState.STOPPED
         if self._worker is not None:
             worker, self._worker = self._worker, None
@@ -303,18 +306,18 @@ class Gatherer:
                 if not isinstance(exc, HeraldError):
                     # A bug or a driver error nobody converted: keep the gatherer alive
                     # (it retries) and say where it happened.
-                    log.exception("gatherer %s failed", self.name)
+                    log.exception("gatherer %s failed", logsafe(self.name))
                     exc = HeraldError(f"internal error: {exc!r}", code="internal_error")
                 if self._progress.gathered > gathered:
                     delay = RETRY_INITIAL_SECONDS  # it worked for a while: start over
                 self._failed(exc)
                 self.state = GatherState.RETRYING
-                log.warning("gatherer %s: %s [%s]; retrying in %.1f s", self.name,
-                            exc.message, exc.code, delay)
+                log.warning("gatherer %s: %s [%s]; retrying in %.1f s", logsafe(self.name),
+                            logsafe(exc.message), exc.code, delay)
                 try:
                     await self._call(self.source.close)
                 except Exception:  # closing a broken connection may fail too
-                    log.debug("gatherer %s: close failed", self.name, exc_info=True)
+                    log.debug("gatherer %s: close failed", logsafe(self.name), exc_info=True)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
 
@@ -336,7 +339,8 @@ class Gatherer:
                 # Someone else appended (another node's gatherer, an old append that
                 # landed late): the stream is the truth, read it again.
                 self._progress.conflicts += 1
-                log.info("gatherer %s: %s; resuming from the stream", self.name, exc.message)
+                log.info("gatherer %s: %s; resuming from the stream", logsafe(self.name),
+                         logsafe(exc.message))
 
     async def _resume(self) -> tuple[int, int | None]:
         """The stream's head and the source position of its last event."""
@@ -388,8 +392,8 @@ class Gatherer:
             stopped = self._progress.stopped_at
             if stopped is not None and after is not None and after >= stopped.position:
                 self._progress.stopped_at = None  # the row was fixed in the source
-                log.info("gatherer %s: row %d can be read now; going on", self.name,
-                         stopped.position)
+                log.info("gatherer %s: row %d can be read now; going on",
+                         logsafe(self.name), stopped.position)
             if page.bad is not None:
                 raise page.bad
             if prefetch is not None:
@@ -424,7 +428,8 @@ class Gatherer:
             # the hub kept the first. Counted, not hidden.
             self._progress.duplicates += len(result.duplicates)
             log.warning("gatherer %s: %d events had ids already in stream %s; not appended "
-                        "again", self.name, len(result.duplicates), self.stream)
+                        "again", logsafe(self.name), len(result.duplicates),
+                        logsafe(self.stream))
         self._progress.gathered += result.appended
         self._progress.head = result.head
         return result.head
@@ -438,7 +443,8 @@ class Gatherer:
         if previous is None or previous.position != exc.position:
             self._failed(exc)
             log.error("gatherer %s: %s [%s]; stopped until `herald gather skip %s %d`",
-                      self.name, exc.message, exc.code, self.name, exc.position)
+                      logsafe(self.name), logsafe(exc.message), exc.code, logsafe(self.name),
+                      exc.position)
         deadline = time.monotonic() + BAD_ROW_RECHECK_SECONDS
         while True:
             # The log may have grown meanwhile (a skip recorded while the row was read
@@ -452,7 +458,7 @@ class Gatherer:
             await self.hub.wait(SKIP_STREAM, self.skips.head, remaining)
             await self.skips.refresh()
         self._progress.stopped_at = None
-        log.info("gatherer %s: row %d skipped; resuming", self.name, exc.position)
+        log.info("gatherer %s: row %d skipped; resuming", logsafe(self.name), exc.position)
 
     # in the gatherer's thread
 
@@ -487,6 +493,9 @@ class Gatherer:
                 type_length = len(event.type)
                 if not 0 < type_length <= MAX_TYPE_LENGTH:
                     raise Unmappable(f"its type must be 1 to {MAX_TYPE_LENGTH} characters")
+                problem = number_problem(event.data)
+                if problem is not None:
+                    raise Unmappable(f"its data holds {problem}")
                 cost = len(event.data) + type_length + EVENT_OVERHEAD_BYTES
                 if event.id is not UNSET:
                     if not 0 < len(event.id) <= MAX_ID_LENGTH:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import msgspec
 
 from .. import codec
-from ..hub import Hub
+from ..hub import INTERNAL_PREFIX, Hub
 from .status import GatherSkip
 
 __all__ = ["SKIP_STREAM", "SkipLog"]
@@ -22,8 +22,9 @@ __all__ = ["SKIP_STREAM", "SkipLog"]
 log = logging.getLogger("herald.gather")
 
 # Operators' skip decisions are recorded durably in this stream (who, when, which
-# row, why). A gatherer stopped on a bad row waits on it.
-SKIP_STREAM = "_herald.gather.skips"
+# row, why). A gatherer stopped on a bad row waits on it. Internal (hub
+# INTERNAL_PREFIX): only this module appends to it; an admin may read it, not write.
+SKIP_STREAM = INTERNAL_PREFIX + "gather.skips"
 
 _encoder = msgspec.json.Encoder()
 
@@ -79,5 +80,5 @@ class SkipLog:
             "meta": {"gatherer": gatherer, "position": str(position)},
         }])
         # Validated with the configured limits, as every append is.
-        await self.hub.append_body(SKIP_STREAM, body)
+        await self.hub.append_body(SKIP_STREAM, body, internal=True)
         await self.refresh()

@@ -13,8 +13,11 @@ Rules of this package:
 4. State is kept per stream only while it is used (a slot while appending, waiters
    while someone waits, a bounded tail cache): following streams that do not exist
    costs nothing once the follower is gone.
+5. Streams named ``_herald.…`` (``INTERNAL_PREFIX``) are Herald's own: an append
+   reaches one only with ``internal=True``, which only Herald's own records (the
+   gatherers' skip log) pass. Not the HTTP edge, whatever the caller's permissions.
 """
 
-from .core import HEARTBEAT_SECONDS, Hub, ReadPage, Start, Subscription
+from .core import HEARTBEAT_SECONDS, INTERNAL_PREFIX, Hub, ReadPage, Start, Subscription
 
-__all__ = ["HEARTBEAT_SECONDS", "Hub", "ReadPage", "Start", "Subscription"]
+__all__ = ["HEARTBEAT_SECONDS", "INTERNAL_PREFIX", "Hub", "ReadPage", "Start", "Subscription"]

@@ -43,6 +43,7 @@ from ..errors import (
     ServerError,
     StorageUnavailable,
 )
+from ..logsafe import logsafe
 from ..model import AppendResult, Batch, new_id_prefix, now_us, validate_stream_name
 from ..placement import Append, Placed, Placement, StreamState, check_ids, place
 from .window import DedupWindow
@@ -223,7 +224,7 @@ class Appender:
                 except HeraldError as exc:
                     self._fail(group, exc)
                 except Exception as exc:  # a bug: fail the appends, don't hang them
-                    log.exception("append to stream %s failed", slot.name)
+                    log.exception("append to stream %s failed", logsafe(slot.name))
                     self._fail(group, ServerError(f"append failed: {exc!r}",
                                                   code="storage_error"))
                 finally:

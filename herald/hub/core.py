@@ -18,7 +18,7 @@ gatherers, and what comes later (groups, webhooks, the dashboard). It owns
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Literal
@@ -26,7 +26,7 @@ from typing import Literal
 from .. import codec
 from ..codec import Record
 from ..engines.base import READ_CHUNK_BYTES, Checkpoint, Engine, SharedEngine
-from ..errors import CorruptRecord, InvalidRequest, NotFound
+from ..errors import ConfigError, CorruptRecord, Forbidden, InvalidRequest, NotFound, TooLarge
 from ..model import (
     AppendResult,
     Batch,
@@ -40,7 +40,15 @@ from .appends import Appender
 from .heads import HeadWatch, Watcher
 from .tail import TailCache
 
-__all__ = ["DEFAULT_PAGE_EVENTS", "HEARTBEAT_SECONDS", "Hub", "ReadPage", "Start", "Subscription"]
+__all__ = ["DEFAULT_PAGE_EVENTS", "HEARTBEAT_SECONDS", "INTERNAL_PREFIX", "Hub", "ReadPage",
+           "Start", "Subscription", "check_limits"]
+
+# Streams whose names begin with this are Herald's own (the gatherers' skip log,
+# gather.skips.SKIP_STREAM): only Herald's code appends to them, saying so with
+# ``internal=True``. Every other append is refused whoever asks — an HTTP caller, the
+# admin too, or a gatherer writing its source's rows — since a skip record must be an
+# operator's decision as Herald recorded it, never an event someone wrote there.
+INTERNAL_PREFIX = "_herald."
 
 # An idle subscription gets a heartbeat this often: it keeps proxies from closing the
 # connection and tells the client the stream's head.
@@ -88,6 +96,7 @@ class Hub:
     def __init__(self, engine: Engine, limits: Limits | None = None) -> None:
         self._engine = engine
         self.limits = limits or Limits()
+        check_limits(self.limits, engine)
         self.tail = TailCache()  # recent records, so live readers skip the storage
         self.heads = HeadWatch(engine)
         self._appender = Appender(engine, self.limits.dedup_window, self._written)
@@ -128,17 +137,40 @@ class Hub:
 
     # appends
 
-    async def append(self, stream: str, batch: Batch,
-                     expected_head: int | None = None) -> AppendResult:
-        """Append a validated batch; answered once it is durable."""
+    async def append(self, stream: str, batch: Batch, expected_head: int | None = None,
+                     *, internal: bool = False) -> AppendResult:
+        """Append a validated batch; answered once it is durable.
+
+        TooLarge (``batch_too_large``) if its record would exceed what the engine
+        stores and reads back: from the HTTP edge that cannot happen (the limits are
+        checked against the engine at start), from a caller that builds batches
+        itself (a gatherer) it can. A batch without its JSON gets it here, once:
+        placement then reuses it."""
+        # Rule 5 of the package: only Herald's own records (internal=True) reach its
+        # streams; the HTTP edge and the gatherers never pass it.
+        if not internal and stream.startswith(INTERNAL_PREFIX):
+            raise Forbidden(f"stream {stream} is Herald's own: only Herald appends to it",
+                            code="forbidden", permission="publish", stream=stream)
+        raw = batch.raw
+        if raw is None:
+            raw = codec.encode_events(batch.events)
+            batch = Batch(batch.events, raw)
+        if (len(raw) + codec.BODY_OVERHEAD > self._engine.max_record_body
+                or len(batch.events) > codec.MAX_RECORD_COUNT):
+            raise TooLarge(
+                f"a batch of {len(batch.events)} events and {len(raw)} bytes does not "
+                f"fit one record of the {self._engine.name} engine "
+                f"({codec.MAX_RECORD_COUNT} events, {self._engine.max_record_body} bytes)",
+                code="batch_too_large", limit=self._engine.max_record_body)
         return await self._appender.append(stream, batch, expected_head)
 
-    async def append_body(self, stream: str, body: bytes,
-                          expected_head: int | None = None) -> AppendResult:
+    async def append_body(self, stream: str, body: bytes, expected_head: int | None = None,
+                          *, internal: bool = False) -> AppendResult:
         """Validate a request body (a JSON array of events) with the configured
         limits, and append it."""
         validate_stream_name(stream)
-        return await self.append(stream, codec.decode_append(body, self.limits), expected_head)
+        return await self.append(stream, codec.decode_append(body, self.limits), expected_head,
+                                 internal=internal)
 
     def _written(self, stream: str, records: Sequence[Record], head: int) -> None:
         self.tail.extend(stream, records)
@@ -276,6 +308,7 @@ class Subscription:
         self._first: list[Record] | None = None
         self._watch: contextlib.ExitStack | None = None
         self._watcher: Watcher | None = None
+        self._iterators: list[AsyncGenerator[list[Record], None]] = []
 
     async def __aenter__(self) -> Subscription:
         hub = self._hub
@@ -292,14 +325,21 @@ class Subscription:
 
     async def __aexit__(self, exc_type: type[BaseException] | None,
                         exc: BaseException | None, tb: TracebackType | None) -> None:
+        # A caller that broke out of its loop left the generator suspended: closed
+        # here, now, rather than whenever the garbage collector gets to it.
+        iterators, self._iterators = self._iterators, []
+        for iterator in iterators:
+            await iterator.aclose()
         if self._watch is not None:
             self._watch.close()
             self._watch = None
 
     def __aiter__(self) -> AsyncIterator[list[Record]]:
-        return self._batches()
+        iterator = self._batches()
+        self._iterators.append(iterator)
+        return iterator
 
-    async def _batches(self) -> AsyncIterator[list[Record]]:
+    async def _batches(self) -> AsyncGenerator[list[Record], None]:
         hub, watcher = self._hub, self._watcher
         assert watcher is not None, "use `async with hub.subscribe(…)`"
         records, self._first = self._first, None
@@ -318,3 +358,19 @@ class Subscription:
             yield []
             records = None
             await watcher.wait(self.position, self.heartbeat)
+
+
+def check_limits(limits: Limits, engine: Engine) -> None:
+    """ConfigError, naming the key, if ``limits`` admit a batch that the record format
+    or ``engine`` could not read back: a node refuses to start with them rather than
+    acknowledge what it cannot serve."""
+    largest = engine.max_record_body - codec.BODY_OVERHEAD
+    if limits.max_batch_bytes > largest:
+        raise ConfigError(
+            f"[limits] max_batch_bytes: at most {largest} with the {engine.name} engine "
+            f"(a record body holds at most {engine.max_record_body} bytes), "
+            f"not {limits.max_batch_bytes}")
+    if limits.max_batch_events > codec.MAX_RECORD_COUNT:
+        raise ConfigError(
+            f"[limits] max_batch_events: at most {codec.MAX_RECORD_COUNT} (the events "
+            f"of one record), not {limits.max_batch_events}")

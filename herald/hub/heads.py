@@ -24,6 +24,7 @@ from collections.abc import Iterator
 
 from ..engines.base import Engine, SharedEngine
 from ..errors import HeraldError
+from ..logsafe import logsafe
 
 __all__ = ["POLL_SECONDS", "HeadWatch", "Watcher"]
 
@@ -124,7 +125,7 @@ class HeadWatch:
             try:
                 heads = await self.engine.heads(names)
             except HeraldError as exc:
-                log.debug("polling heads failed: %s", exc.message)
+                log.debug("polling heads failed: %s", logsafe(exc.message))
                 self.alarm()
                 continue
             for name, head in heads.items():

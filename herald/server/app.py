@@ -41,6 +41,7 @@ from ..config import ServerConfig
 from ..errors import HeraldError, RateLimited, ServerError, Unauthorized
 from ..gather.manager import GatherManager
 from ..hub import Hub
+from ..logsafe import logsafe
 from .auth import Authenticator
 from .handlers import STREAMING, Handler, Handlers, is_dashboard
 from .throttle import RateLimiter
@@ -85,7 +86,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except HeraldError as exc:
         if exc.status >= 500:
-            log.error("%s %s: %s", request.method, request.path, exc.message)
+            log.error("%s %s: %s", logsafe(request.method), logsafe(request.path),
+                      logsafe(exc.message))
         if STREAMING in request:
             return _broken(request)
         return _error_response(exc, request.path)
@@ -106,7 +108,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     except (asyncio.CancelledError, ConnectionResetError):
         raise
     except Exception:
-        log.exception("%s %s failed", request.method, request.path)
+        log.exception("%s %s failed", logsafe(request.method), logsafe(request.path))
         if STREAMING in request:
             return _broken(request)
         return _error_response(ServerError("internal error; see the server log"))

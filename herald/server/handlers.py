@@ -4,8 +4,10 @@
 limiter, the gatherers — and ``app.create_app`` registers its bound methods, so no
 handler looks anything up in the application. Rules:
 
-1. A handler checks its query parameters (unknown ones are refused) and the
-   caller's permission before it touches the hub.
+1. A handler checks its query parameters (unknown and repeated ones are refused;
+   numbers are parsed by ``model.validate_position``/``validate_decimal`` only) and
+   the caller's permission before it touches the hub. A header that may appear once
+   and appears twice is refused before anything reads it (``authenticate``).
 2. Every stream is reached through the hub; the answers' bytes come from
    ``render`` (JSON pages, SSE) or are the stored records themselves (the compact
    form). No SSE wire detail is written here.
@@ -16,6 +18,7 @@ handler looks anything up in the application. Rules:
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import weakref
 from collections.abc import Awaitable, Callable
@@ -25,12 +28,21 @@ import msgspec
 from aiohttp import web
 
 from .. import codec
-from ..errors import Forbidden, InvalidRequest, RateLimited, RequestTimeout, TooLarge
+from ..errors import (
+    ClientError,
+    Forbidden,
+    InvalidRequest,
+    RateLimited,
+    RequestTimeout,
+    TooLarge,
+    UnsupportedEncoding,
+)
 from ..gather.manager import GatherManager
 from ..hub import HEARTBEAT_SECONDS, Hub, Start
-from ..model import validate_position
+from ..logsafe import logsafe
+from ..model import validate_decimal, validate_position
 from ..version import __version__
-from .auth import Authenticator, Principal
+from .auth import Authenticator, Principal, refuse_certificate
 from .dashboard import DASHBOARD_HEADERS, render_home
 from .openapi import openapi_document
 from .render import (
@@ -66,8 +78,22 @@ STREAMING = _request_key("streaming", web.StreamResponse)
 
 _json = msgspec.json.Encoder()
 # No credentials: liveness for load balancers, and the API's description (it says
-# nothing the documentation does not; tools fetch it before they have a token).
-_PUBLIC_PATHS = frozenset({"/v1/health", "/v1/openapi.json"})
+# nothing the documentation does not; tools fetch it before they have a token). On a
+# connection whose client certificate was refused only health answers (the docs'
+# promise): whoever holds that certificate learns why at their first request.
+_HEALTH_PATH = "/v1/health"
+_PUBLIC_PATHS = frozenset({_HEALTH_PATH, "/v1/openapi.json"})
+# Headers Herald (or aiohttp, for it) acts on that RFC 9110 allows once per request:
+# two Authorization lines would be two callers, two Last-Event-IDs two positions, two
+# Content-Lengths two bodies. aiohttp's parser (3.14) refuses a second Host,
+# Content-Type, Content-Length or Transfer-Encoding itself, as bad_request too; they
+# are listed so the rule does not depend on the version (pyproject allows 3.10). List
+# fields (Accept) are joined instead; Herald reads no cookies (the dashboard logs in
+# with HTTP Basic).
+_SINGLE_HEADERS = ("Authorization", "Host", "Last-Event-ID", "Content-Type",
+                   "Content-Length", "Transfer-Encoding")
+# The values of ``follow`` (after lower()).
+_FOLLOW = {"true": True, "1": True, "false": False, "0": False}
 # The dashboard's paths log in with HTTP Basic; everything else is the API.
 _DASHBOARD_PATHS = frozenset({"/", "/favicon.ico"})
 _DASHBOARD_PREFIX = "/dashboard/"
@@ -108,13 +134,46 @@ def _require_admin(request: web.Request) -> Principal:
 
 
 def _parameters(request: web.Request, *known: str) -> None:
-    """Refuse query parameters the route does not take. Ignoring them would turn a
-    misspelt ``expected_head`` into an unconditional append (found by the fuzzer)."""
-    for name in request.query:
+    """Refuse query parameters the route does not take, and any given twice. Ignoring
+    an unknown one would turn a misspelt ``expected_head`` into an unconditional append
+    (found by the fuzzer); a repeated one (``from=5&from=0``) is read as its first by
+    aiohttp but as its last by other parsers, a proxy's or a log's."""
+    query = request.query
+    for name in query:
         if name not in known:
             raise InvalidRequest(f"unknown query parameter {name!r}"
                                  + (f"; this route takes {', '.join(known)}" if known else ""),
                                  code="invalid_parameter", parameter=name)
+    if len(query) > 1 and len(set(query)) < len(query):
+        name = next(n for n in query if len(query.getall(n)) > 1)
+        raise InvalidRequest(f"query parameter {name!r} is given more than once",
+                             code="invalid_parameter", parameter=name)
+
+
+def _refuse_repeated_headers(request: web.Request) -> None:
+    """A field that must appear once (RFC 9110 §5.3), appearing twice, is a request
+    that is not valid HTTP: 400 ``bad_request``. aiohttp hands out the first; a proxy
+    in front may have acted on the last (whose token? which position?)."""
+    headers = request.headers
+    for name in _SINGLE_HEADERS:
+        if len(headers.getall(name, ())) > 1:
+            raise ClientError(f"the {name} header is given more than once",
+                              code="bad_request", header=name)
+
+
+def _refuse_encoded_body(request: web.Request) -> None:
+    """A body in any ``Content-Encoding`` but identity: 415 ``unsupported_encoding``,
+    before a byte of it is read. The listeners never inflate bodies (aiohttp's
+    ``auto_decompress`` is off), so this is a clear answer, not the protection: a
+    compressed body could only ever be read as the bytes it is."""
+    encodings = [part.strip().lower()
+                 for value in request.headers.getall("Content-Encoding", ())
+                 for part in value.split(",") if part.strip()]
+    refused = [e for e in encodings if e != "identity"]
+    if refused:
+        raise UnsupportedEncoding(
+            f"request bodies are accepted as sent only, not in Content-Encoding "
+            f"{refused[0][:64]!r}", code="unsupported_encoding", encoding=refused[0][:64])
 
 
 def _start(request: web.Request) -> Start:
@@ -125,21 +184,20 @@ def _start(request: web.Request) -> Start:
 
 
 def _follow(request: web.Request) -> bool:
+    # Case does not matter (``True``); no non-ASCII letter lowers into these words
+    # (only the Kelvin sign lowers into ASCII at all: "k").
     value = request.query.get("follow", "true").lower()
-    if value not in ("true", "false", "1", "0"):
+    if value not in _FOLLOW:
         raise InvalidRequest("follow must be true or false", code="invalid_parameter",
                              parameter="follow")
-    return value in ("true", "1")
+    return _FOLLOW[value]
 
 
 def _heartbeat(request: web.Request) -> float:
     value = request.query.get("heartbeat")
     if value is None:
         return HEARTBEAT_SECONDS
-    try:
-        seconds = float(value)
-    except ValueError:
-        seconds = -1
+    seconds = validate_decimal(value, "heartbeat")
     if not MIN_HEARTBEAT_SECONDS <= seconds <= MAX_HEARTBEAT_SECONDS:
         raise InvalidRequest(f"heartbeat must be {MIN_HEARTBEAT_SECONDS:g} to "
                              f"{MAX_HEARTBEAT_SECONDS:g} seconds", code="invalid_parameter",
@@ -149,6 +207,27 @@ def _heartbeat(request: web.Request) -> float:
 
 class _SkipRequest(msgspec.Struct, forbid_unknown_fields=True):
     position: int
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose names are unique: msgspec, like most parsers, keeps the last
+    of ``{"position": 1, "position": 2}``; others keep the first (RFC 8259 §4)."""
+    value = dict(pairs)
+    if len(value) < len(pairs):
+        raise ValueError("a name appears twice in one object")
+    return value
+
+
+def _skip_request(body: bytes) -> _SkipRequest:
+    try:
+        skip = msgspec.json.decode(body, type=_SkipRequest)
+        # Then the names, by the standard library (msgspec cannot): the body is now
+        # known to be one flat object of integers, so this is cheap and cannot recurse.
+        json.loads(body, object_pairs_hook=_unique_keys)
+    except (ValueError, msgspec.MsgspecError) as exc:
+        raise InvalidRequest(f'expected {{"position": N}}: {exc}',
+                             code="invalid_json") from exc
+    return skip
 
 
 class Handlers:
@@ -169,8 +248,15 @@ class Handlers:
     @web.middleware
     async def authenticate(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         """Find the credentials (the connection's client certificate, the Authorization
-        header), ask the authenticator, and apply the per-principal rate limit."""
-        if request.path in _PUBLIC_PATHS:
+        header), ask the authenticator, and apply the per-principal rate limit.
+
+        First, on every path, a header that must appear once and appears twice is
+        refused. ``/v1/health`` then answers whoever asks, even on a connection whose
+        certificate was refused (load balancers); ``/v1/openapi.json`` needs no
+        credentials either, but a refused certificate refuses it like the rest."""
+        _refuse_repeated_headers(request)
+        _refuse_encoded_body(request)
+        if request.path == _HEALTH_PATH:
             return await handler(request)
         ssl_object = _ssl_object(request)
         certificate = client_certificate_of(ssl_object)
@@ -179,8 +265,12 @@ class Handlers:
             # One line per connection, in words, naming the certificate: the lesson of
             # people losing days to "unsupported certificate purpose".
             ssl_object.refusal_logged = True
-            log.warning("refused client certificate from %s: %s [%s]", request.remote,
-                        certificate.problem.message, certificate.problem.code)
+            log.warning("refused client certificate from %s: %s [%s]",
+                        logsafe(request.remote), logsafe(certificate.problem.message),
+                        certificate.problem.code)
+        if request.path in _PUBLIC_PATHS:
+            refuse_certificate(certificate)
+            return await handler(request)
         authorization = request.headers.get("Authorization")
         if is_dashboard(request.path):
             user = await self.auth.login(authorization, request.remote or "unknown",
@@ -188,7 +278,8 @@ class Handlers:
             request[USER] = user
             key = f"user:{user}"
         else:
-            principal = self.auth.authenticate(authorization, certificate)
+            principal = self.auth.authenticate(authorization, certificate,
+                                               request.remote or "unknown")
             request[PRINCIPAL] = principal
             key = "" if principal.admin else f"principal:{principal.name}"
         if key:
@@ -280,7 +371,8 @@ class Handlers:
         _parameters(request, "from", "limit", "follow", "heartbeat")
         stream = request.match_info["stream"]
         _principal(request).require_subscribe(stream)
-        accept = request.headers.get("Accept", "")
+        # Accept is a list (RFC 9110 §12.5.1): several lines are one list, not the first.
+        accept = ", ".join(request.headers.getall("Accept", ()))
         # Every parameter is checked whatever the form that uses it: a wrong one is
         # refused, not ignored.
         follow, heartbeat = _follow(request), _heartbeat(request)
@@ -365,13 +457,9 @@ class Handlers:
     async def skip_row(self, request: web.Request) -> web.Response:
         _parameters(request)
         principal = _require_admin(request)
-        try:
-            body = msgspec.json.decode(await request.read(), type=_SkipRequest)
-        except msgspec.MsgspecError as exc:
-            raise InvalidRequest(f'expected {{"position": N}}: {exc}',
-                                 code="invalid_json") from exc
+        body = _skip_request(await request.read())
         name = request.match_info["name"]
         skip = await self.gatherers.skip(name, body.position, principal.name)
-        log.warning("gatherer %s: %s skipped the row at position %d", name, principal.name,
-                    body.position)
+        log.warning("gatherer %s: %s skipped the row at position %d", logsafe(name),
+                    logsafe(principal.name), body.position)
         return _json_response({"skip": skip, "gatherer": self.gatherers.get(name).status()})

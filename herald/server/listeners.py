@@ -24,6 +24,7 @@ from OpenSSL import SSL
 
 from ..config import ServerConfig, TLSConfig
 from ..errors import HeraldError, InvalidRequest, ServerError
+from ..logsafe import logsafe
 from .tls import MutualTLSContext, server_context
 
 __all__ = ["Listener", "listen", "listen_socket", "show_host", "tls_context",
@@ -70,12 +71,12 @@ class _RequestHandler(RequestHandler):
             error = HeraldError(f"a request line or header is longer than "
                                 f"{MAX_HEADER_FIELD_BYTES} bytes", code="headers_too_large")
         elif status >= 500:
-            log.error("request from %s failed", request.remote, exc_info=exc)
+            log.error("request from %s failed", logsafe(request.remote), exc_info=exc)
             error = ServerError("internal error; see the server log")
         else:
             error = InvalidRequest("malformed HTTP request", code="bad_request")
         if status < 500:
-            log.info("malformed request from %s: %s", request.remote, type(exc).__name__)
+            log.info("malformed request from %s: %s", logsafe(request.remote), type(exc).__name__)
         response = web.Response(body=_json.encode(error.to_wire()), status=status,
                                 content_type="application/json", headers={"Server": "Herald"})
         response.force_close()
@@ -174,7 +175,11 @@ async def listen(app: web.Application, server: ServerConfig, address: tuple[str,
         # answer), which is what stops a client sending headers byte by byte.
         keepalive_timeout=server.header_timeout,
         max_line_size=MAX_REQUEST_LINE_BYTES, max_field_size=MAX_HEADER_FIELD_BYTES,
-        max_headers=MAX_HEADERS, **options)
+        max_headers=MAX_HEADERS,
+        # Request bodies are never inflated: a few bytes of gzip can become a GiB,
+        # inside aiohttp's parser, before any limit sees them. A body with a
+        # Content-Encoding is refused (415, handlers._refuse_encoded_body).
+        auto_decompress=False, **options)
     await runner.setup()
     try:
         sock = listen_socket(*address)

@@ -8,13 +8,15 @@ where it can happen; every example validates against its schema. The fuzzer
 what it does not) to a real server and checks each answer against it.
 
 Served without credentials, like ``/v1/health``: it says nothing that is not in the
-documentation, and tools fetch it before they have a token.
+documentation, and tools fetch it before they have a token. Unlike health, not on a
+connection whose client certificate was refused (403 with the certificate's code).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from ..codec import MAX_SAFE_INTEGER
 from ..model import (
     MAX_ID_LENGTH,
     MAX_META_KEY_LENGTH,
@@ -32,15 +34,17 @@ _LIMITS = Limits()
 
 # What every request may meet before it reaches its route: an unparseable request,
 # over-long headers, a bug.
-_ANY = {400: ["bad_request"], 431: ["headers_too_large"], 500: ["internal_error"]}
-# Every /v1 route refuses query parameters it does not take.
+_ANY = {400: ["bad_request"], 415: ["unsupported_encoding"], 431: ["headers_too_large"],
+        500: ["internal_error"]}
+# Every /v1 route refuses query parameters it does not take, and any given twice.
+# (A header that may appear once, given twice, is bad_request: _ANY.)
 _V1 = {400: ["invalid_parameter"]}
 # … and every API route but the public ones: who is calling, and how often.
 _CALLER = {
     401: ["unauthorized", "invalid_token", "client_cert_required"],
     403: ["client_cert_not_for_client_auth", "client_cert_expired",
           "client_cert_not_yet_valid", "client_cert_unknown_ca", "client_cert_invalid"],
-    429: ["rate_limited"],
+    429: ["rate_limited", "login_backoff"],  # login_backoff: too many wrong tokens
 }
 _STREAM = {400: ["invalid_stream_name"], 403: ["forbidden"],
            # a name with a "/" is another path, which no route serves
@@ -63,8 +67,9 @@ def _merge(*tables: dict[int, list[str]]) -> dict[int, list[str]]:
 
 _REASONS = {400: "Bad request", 401: "No or bad credentials", 403: "Not permitted",
             404: "Not found", 408: "The body came too slowly", 409: "Conflict",
-            413: "Too large", 429: "Too many requests", 431: "Headers too large",
-            500: "Server error", 503: "Storage unavailable", 507: "Storage full"}
+            413: "Too large", 415: "Compressed body", 429: "Too many requests",
+            431: "Headers too large", 500: "Server error", 503: "Storage unavailable",
+            507: "Storage full"}
 
 
 def _errors(*tables: dict[int, list[str]]) -> dict[str, Any]:
@@ -115,11 +120,25 @@ _SCHEMAS: dict[str, Any] = {
                               "message": "stream inventory has head 2, not the expected 1",
                               "head": 2, "expected": 1}},
     },
+    # Any JSON value every reader reads back the same (codec.number_problem): integers
+    # within ±(2**53 - 1), numbers within a double.
+    "Value": {
+        "description": "any JSON value whose integers are within ±(2⁵³ − 1) and whose "
+                       "numbers fit a double (RFC 7493, I-JSON)",
+        "anyOf": [
+            {"type": "null"}, {"type": "boolean"}, {"type": "string"},
+            {"type": "integer", "minimum": -MAX_SAFE_INTEGER, "maximum": MAX_SAFE_INTEGER},
+            {"type": "number", "not": {"type": "integer"},
+             "minimum": -1.7976931348623157e308, "maximum": 1.7976931348623157e308},
+            {"type": "array", "items": {"$ref": "#/components/schemas/Value"}},
+            {"type": "object", "additionalProperties": {"$ref": "#/components/schemas/Value"}},
+        ],
+    },
     "NewEvent": {
         "type": "object", "required": ["type", "data"], "additionalProperties": False,
         "properties": {
             "type": {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_LENGTH},
-            "data": {"description": "any JSON value"},
+            "data": {"$ref": "#/components/schemas/Value"},
             "id": {"type": "string", "minLength": 1, "maxLength": MAX_ID_LENGTH,
                    "description": "optional; Herald assigns a UUIDv7 when absent"},
             "meta": {"type": "object", "additionalProperties": {"type": "string"},
@@ -308,9 +327,12 @@ def _paths() -> dict[str, Any]:
                           **_errors(_ANY, _V1, {503: ["storage_unavailable"]})}}},
         "/v1/openapi.json": {"get": {
             "operationId": "openapi", "summary": "This description",
+            "description": "No credentials needed; but a refused client certificate "
+                           "refuses this too (403, its code). Only `/v1/health` answers "
+                           "on such a connection.",
             "security": _NO_CREDENTIALS,
             "responses": {"200": _ok("OpenAPI 3.1", {"type": "object"}),
-                          **_errors(_ANY, _V1)}}},
+                          **_errors(_ANY, _V1, {403: _CALLER[403]})}}},
         "/v1/whoami": {"get": {
             "operationId": "whoami", "summary": "The calling principal and its permissions",
             "responses": {"200": _ok("the principal", {"$ref": "#/components/schemas/WhoAmI"}),
@@ -363,6 +385,9 @@ def _paths() -> dict[str, Any]:
             "parameters": [_STREAM_PARAMETER],
             "post": {
                 "operationId": "append", "summary": "Append a batch, atomically and durably",
+                "description": "Streams named `_herald.…` are Herald's own (the gatherers' "
+                               "skip log): an append to one is 403 `forbidden`, whoever "
+                               "asks.",
                 "parameters": [_query("expected_head", _POSITION,
                                       "append only if the stream's head is this")],
                 "requestBody": {"required": True, "content": {"application/json": {
@@ -397,8 +422,9 @@ def _paths() -> dict[str, Any]:
                     {"name": "Last-Event-ID", "in": "header", "required": False,
                      "schema": {"type": "string"},
                      "description": "SSE: resume after this position (refused with "
-                                    "`invalid_parameter` unless a non-negative integer); "
-                                    "the other forms ignore it"},
+                                    "`invalid_parameter` unless ASCII digits, a position "
+                                    "below 2^63 - 1; empty is none); the other forms "
+                                    "ignore it"},
                 ],
                 "responses": {
                     "200": {"description": "events", "content": {

@@ -14,8 +14,9 @@ import msgspec
 
 from .. import codec
 from ..codec import Record
+from ..errors import InvalidRequest
 from ..hub import ReadPage, Start
-from ..model import Event, validate_position
+from ..model import MAX_POSITION, Event, validate_position
 
 __all__ = ["SSE_MEDIA_TYPE", "SSE_PREAMBLE", "render_json_page", "render_sse", "sse_heartbeat",
            "sse_start"]
@@ -63,7 +64,16 @@ def sse_heartbeat(position: int) -> bytes:
 
 def sse_start(last_event_id: str | None, start: Start) -> Start:
     """Where an SSE answer begins: just after the ``Last-Event-ID`` a reconnecting
-    browser sends (an event's position, see ``render_sse``), else at ``start``."""
+    browser sends (an event's position, see ``render_sse``), else at ``start``.
+
+    Parsed as strictly as every position (``validate_position``: ASCII digits only),
+    and the last position has no next. An empty value is no ID, as the SSE standard
+    has it (an ``id:`` line with no value resets the browser's last event ID)."""
     if last_event_id:
-        return validate_position(last_event_id, "Last-Event-ID") + 1
+        position = validate_position(last_event_id, "Last-Event-ID")
+        if position == MAX_POSITION:
+            raise InvalidRequest(f"Last-Event-ID must be below {MAX_POSITION}: no event "
+                                 "comes after it", code="invalid_parameter",
+                                 parameter="Last-Event-ID")
+        return position + 1
     return start

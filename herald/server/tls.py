@@ -160,16 +160,47 @@ def _when(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def _extended_key_usages(cert: x509.Certificate) -> str:
+_USAGE_NAMES = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+                ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+                ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
+                ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection",
+                ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE: "anyExtendedKeyUsage"}
+
+
+def _extended_key_usages(cert: x509.Certificate) -> list[x509.ObjectIdentifier] | None:
+    """The certificate's extended key usages; None without the extension."""
     try:
-        usages = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+        return list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
     except x509.ExtensionNotFound:
-        return "none"
-    names = {ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
-             ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
-             ExtendedKeyUsageOID.CODE_SIGNING: "codeSigning",
-             ExtendedKeyUsageOID.EMAIL_PROTECTION: "emailProtection"}
-    return ", ".join(names.get(oid, oid.dotted_string) for oid in usages)
+        return None
+
+
+def _client_auth_problem(leaf: x509.Certificate) -> CertificateProblem | None:
+    """What is wrong with a leaf that does not list clientAuth in its extended key
+    usage; None when it does.
+
+    RFC 5280 §4.2.1.12 lets a certificate *without* the extension serve any purpose,
+    and OpenSSL accepts it; Herald does not. A client certificate is an identity
+    (its subject names a [[principal]]), and a certificate the CA issued for
+    something else — a server, a CA, a signing key with no extension at all — must
+    not become one by omission. ``herald certs client`` always writes clientAuth;
+    anyExtendedKeyUsage alone is refused too, as OpenSSL refuses it.
+    """
+    try:
+        usages = _extended_key_usages(leaf)
+    except (ValueError, x509.DuplicateExtension) as exc:  # unreadable extensions
+        return CertificateProblem(
+            "client_cert_invalid",
+            f"client certificate {leaf.subject.rfc4514_string()} is invalid: its "
+            f"extensions cannot be read ({exc})")
+    if usages is not None and ExtendedKeyUsageOID.CLIENT_AUTH in usages:
+        return None
+    has = ", ".join(_USAGE_NAMES.get(oid, oid.dotted_string) for oid in usages or ())
+    return CertificateProblem(
+        "client_cert_not_for_client_auth",
+        f"client certificate {leaf.subject.rfc4514_string()} has no clientAuth extended "
+        f"key usage (it has: {has or 'none'}); "
+        "issue client certificates with `herald certs client MODULE`")
 
 
 def diagnose(leaf: x509.Certificate, errors: list[tuple[int, int, x509.Certificate]],
@@ -177,10 +208,11 @@ def diagnose(leaf: x509.Certificate, errors: list[tuple[int, int, x509.Certifica
     """Turn OpenSSL's verify errors ``(number, depth, certificate)`` into one problem.
 
     The most fundamental problem wins: a certificate from an unknown CA is refused
-    for that whatever else is wrong with it; then validity dates; then usage.
+    for that whatever else is wrong with it; then validity dates; then usage, which
+    is checked whatever OpenSSL says (``_client_auth_problem``).
     """
     if not errors:
-        return None
+        return _client_auth_problem(leaf)
     subject = leaf.subject.rfc4514_string()
     numbers = {number for number, _depth, _cert in errors}
     if numbers & _UNKNOWN_CA:
@@ -201,12 +233,17 @@ def diagnose(leaf: x509.Certificate, errors: list[tuple[int, int, x509.Certifica
                 "client_cert_not_yet_valid",
                 f"{what} {name} is not valid until {_when(cert.not_valid_before_utc)}"
                 + ("" if depth == 0 else f" (in the chain of {subject})"))
-    for number, depth, cert in errors:
+    usage = _client_auth_problem(leaf)
+    if usage is not None:
+        return usage
+    for number, depth, _cert in errors:
         if number == _INVALID_PURPOSE and depth == 0:
+            # clientAuth is there (above): what OpenSSL refuses is the key usage.
             return CertificateProblem(
                 "client_cert_not_for_client_auth",
-                f"client certificate {subject} has no clientAuth extended key usage "
-                f"(it has: {_extended_key_usages(cert)}); "
+                f"client certificate {subject} has the clientAuth extended key usage, but "
+                "its key usage does not allow TLS client authentication (it needs "
+                "digitalSignature); "
                 "issue client certificates with `herald certs client MODULE`")
     number, depth, cert = errors[0]
     reason = _OPENSSL_NAMES.get(number, f"OpenSSL verify error {number}")

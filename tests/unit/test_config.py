@@ -159,8 +159,8 @@ max_event_bytes = 1
     ('[limits]\ndedup_window = "many"\n', "[limits] dedup_window: expected an integer"),
     ('[limits]\ndedup_window = 1.5\n', "[limits] dedup_window: expected an integer"),
     ('[limits]\ndedup_window = true\n', "[limits] dedup_window: expected an integer"),
-    ('[limits]\ndedup_window = 0\n', "limits.dedup_window must be at least 1"),
-    ('[limits]\nmax_batch_events = 70000\n', "limits.max_batch_events must be at most 65536"),
+    ('[limits]\ndedup_window = 0\n', "[limits] dedup_window: must be at least 1"),
+    ('[limits]\nmax_batch_events = 70000\n', "[limits] max_batch_events: must be at most 65536"),
     ('[server]\nlisten = 8443\n', "[server] listen: expected a string"),
     ('[server]\nlisten = "8443"\n', '[server] listen: expected "HOST:PORT"'),
     ('[server]\nlisten = "localhost:99999"\n', '[server] listen: expected "HOST:PORT"'),
@@ -188,7 +188,7 @@ def test_file_errors_name_the_key(tmp_path: Path, toml: str, named: str) -> None
     ("HERALD_LIMITS_DEDUP_WINDOW", "1.5", "[limits] dedup_window: expected an integer"),
     ("HERALD_LIMITS_DEDUP_WINDOW", "--5", "[limits] dedup_window: expected an integer"),
     ("HERALD_LIMITS_DEDUP_WINDOW", "²", "[limits] dedup_window: expected an integer"),
-    ("HERALD_LIMITS_DEDUP_WINDOW", "-5", "limits.dedup_window must be at least 1"),
+    ("HERALD_LIMITS_DEDUP_WINDOW", "-5", "[limits] dedup_window: must be at least 1"),
 ])
 def test_environment_errors_name_the_key(variable: str, value: str, named: str) -> None:
     with pytest.raises(ConfigError) as caught:
@@ -256,17 +256,17 @@ def test_relative_paths_in_the_environment_are_relative_to_the_working_directory
 
 @pytest.mark.parametrize(("toml", "environ", "named"), [
     ('[storage.files]\nsegment_bytes = 100\n', {},
-     "[storage.files]: segment_bytes must be at least 4096"),
+     "[storage.files] segment_bytes: must be 4096 to 68719476736 bytes"),
     ('[storage]\nsegment_bytes = 100\n', {},  # the older layout: the same check
-     "[storage.files]: segment_bytes must be at least 4096"),
+     "[storage.files] segment_bytes: must be 4096 to 68719476736 bytes"),
     ('', {"HERALD_STORAGE_FILES_SEGMENT_BYTES": "1024"},
-     "[storage.files]: segment_bytes must be at least 4096"),
+     "[storage.files] segment_bytes: must be 4096 to 68719476736 bytes"),
     ('[storage.files]\nsegment_byte = 8192\n', {}, "[storage.files] segment_byte: unknown key"),
     ('[storage.postgress]\ndsn = "x"\n', {}, "[storage.postgress]: unknown engine"),
     ('[storage]\nengine = "postgress"\n', {}, "[storage] engine: unknown engine"),
     ('[storage]\nengine = "postgres"\n', {}, "[storage.postgres] dsn: required"),
     ('[storage]\nengine = "postgres"\n[storage.postgres]\ndsn = "x"\npool_size = 0\n', {},
-     "[storage.postgres] pool_size: must be at least 1"),
+     "[storage.postgres] pool_size: must be 1 to 1000 connections"),
 ])
 def test_engine_settings_errors_name_the_key(tmp_path: Path, toml: str,
                                              environ: dict[str, str], named: str) -> None:

@@ -48,6 +48,7 @@ EXPORTED = [
     "TransportError",
     "Unauthorized",
     "UnmappableRow",
+    "UnsupportedEncoding",
     "__version__",
 ]
 

@@ -7,6 +7,9 @@ Layout under the data directory::
     checkpoints/<name>                                 one small file per checkpoint
     herald.lock                                        one process at a time
 
+All of it owner-only, whatever the umask: directories 0700, files 0600
+(``segments.FILE_MODE``).
+
 **Writes** (the records the hub placed: ``Engine.write``) are queued. One commit
 task drains the queue: it writes every queued record to its segment and fsyncs each
 touched segment once, in a worker thread, while new writes queue up behind it —
@@ -48,9 +51,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ...codec import Record
+from ...config import bounded, check_bounds
 from ...errors import CorruptRecord, StorageUnavailable
 from ...model import StreamInfo, validate_stream_name
 from ...placement import StreamState
+from ...secretfiles import private_dir
 from ..base import (
     READ_CHUNK_BYTES,
     Checkpoint,
@@ -63,8 +68,8 @@ from ..base import (
 from .check import CheckReport, Damage, check_data_dir
 from .reader import _read, _read_ids
 from .recovery import _recover
+from .segments import FILE_MODE, _fsync_dir, _storage_error, _Stream
 from .segments import INDEX_INTERVAL_BYTES as INDEX_INTERVAL_BYTES
-from .segments import _fsync_dir, _storage_error, _Stream
 from .writer import _Committer, _Pending
 
 if TYPE_CHECKING:
@@ -75,6 +80,10 @@ __all__ = ["CheckReport", "Damage", "FilesConfig", "FilesEngine", "FilesSettings
 # Segments roll when the next record would take them past this size. Smaller
 # segments make retention and backup finer-grained; larger ones mean fewer files.
 DEFAULT_SEGMENT_BYTES = 256 * 1024 * 1024
+# The range: below a page a segment rolls at nearly every append; above 64 GiB
+# retention, backup and `herald check --repair` only get coarser.
+MIN_SEGMENT_BYTES = 4096
+MAX_SEGMENT_BYTES = 64 * 1024**3
 
 
 @dataclass(frozen=True)
@@ -82,11 +91,11 @@ class FilesSettings:
     """``[storage.files]``: the engine's own keys (docs/configuration.md)."""
 
     # Segments roll when the next record would take them past this size.
-    segment_bytes: int = DEFAULT_SEGMENT_BYTES
+    segment_bytes: int = bounded(DEFAULT_SEGMENT_BYTES, MIN_SEGMENT_BYTES, MAX_SEGMENT_BYTES,
+                                 unit="bytes")
 
     def __post_init__(self) -> None:
-        if self.segment_bytes < 4096:
-            raise ValueError("segment_bytes must be at least 4096")
+        check_bounds(self)  # SettingError: build_section names [storage.files]
 
 
 @dataclass(frozen=True)
@@ -123,9 +132,11 @@ class FilesEngine(Engine):
 
     def _open_sync(self) -> None:
         try:
-            (self.root / "streams").mkdir(parents=True, exist_ok=True)
-            (self.root / "checkpoints").mkdir(exist_ok=True)
-            lock_fd = os.open(self.root / "herald.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            # Private: every local user could read every stream of a 0755 directory.
+            private_dir(self.root)
+            private_dir(self.root / "streams")
+            private_dir(self.root / "checkpoints")
+            lock_fd = os.open(self.root / "herald.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         except OSError as exc:
             raise StorageUnavailable(f"cannot use data directory {self.root}: {exc}") from exc
         try:
@@ -277,7 +288,7 @@ class FilesEngine(Engine):
 
             def write() -> None:
                 tmp = path.with_name(path.name + ".tmp")
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
                 try:
                     os.write(fd, f"{value} {checkpoint.version}".encode())
                     os.fsync(fd)

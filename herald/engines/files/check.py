@@ -17,11 +17,13 @@ from ...errors import StorageUnavailable
 from .segments import (
     _INDEX_ENTRY,
     _SEGMENT_NAME,
+    FILE_MODE,
     INDEX_INTERVAL_BYTES,
     _classify,
     _index_step,
     _pack_index,
     _scan,
+    _write_index,
 )
 
 __all__ = ["CheckReport", "Damage", "check_data_dir"]
@@ -77,7 +79,7 @@ def check_data_dir(
         raise StorageUnavailable(f"{data_dir} is not a Herald data directory (no streams/)")
     lock_fd = None
     if repair:
-        lock_fd = os.open(Path(data_dir) / "herald.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        lock_fd = os.open(Path(data_dir) / "herald.lock", os.O_RDWR | os.O_CREAT, FILE_MODE)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -186,7 +188,7 @@ def _check_index(stream: str, path: Path, record_at: dict[int, int],
     bad = [(p, o) for p, o in entries if record_at.get(o) != p]
     if bad or len(data) % _INDEX_ENTRY.size:
         if repair:
-            idx.write_bytes(_pack_index(rebuilt))
+            _write_index(idx, _pack_index(rebuilt))
             report.repaired.append(f"stream {stream}: rewrote index {idx.name}")
         else:
             report.index_problems.append(

@@ -14,6 +14,7 @@ import os
 from pathlib import Path
 
 from ...errors import CorruptRecord
+from ...logsafe import logsafe
 from .segments import (
     _SEGMENT_NAME,
     INDEX_INTERVAL_BYTES,
@@ -26,6 +27,7 @@ from .segments import (
     _Segment,
     _segment_name,
     _Stream,
+    _write_index,
 )
 
 log = logging.getLogger("herald.files")
@@ -102,8 +104,8 @@ def _recover_tail(stream: _Stream, segment: _Segment) -> None:
                 damaged = _classify(fd, at, position, step, segment.size, None)
                 if damaged.torn:
                     log.warning("stream %s: cut a torn tail of %d bytes at position %d "
-                                "(%s)", stream.name, segment.size - at, position,
-                                damaged.reason)
+                                "(%s)", logsafe(stream.name), segment.size - at, position,
+                                logsafe(damaged.reason))
                     os.ftruncate(fd, at)
                     os.fsync(fd)
                     segment.size = good_end = at
@@ -115,7 +117,7 @@ def _recover_tail(stream: _Stream, segment: _Segment) -> None:
                     f"{segment.path.name} ({damaged.reason}); appends are refused until "
                     f"the damage is dealt with (see `herald check --data DIR`)",
                     stream=stream.name, first=position, last=damaged.last)
-                log.error("%s", error.message)
+                log.error("%s", logsafe(error.message))
                 if stream.damaged is None:
                     stream.damaged = error
                 if damaged.resume_offset is not None and damaged.last is not None:
@@ -131,12 +133,13 @@ def _recover_tail(stream: _Stream, segment: _Segment) -> None:
         segment.index_off.extend(new_off)
         idx_bytes = _pack_index(zip(segment.index_pos, segment.index_off, strict=True))
         try:
-            segment.path.with_suffix(".idx").write_bytes(idx_bytes)
+            _write_index(segment.path.with_suffix(".idx"), idx_bytes)
         except OSError as exc:
             # A full disk must not keep Herald from starting: the entries are in
             # memory, and the writer cuts a partial entry before adding more.
             log.warning("stream %s: cannot rewrite the index of %s (%s); reads scan "
-                        "further until it is written", stream.name, segment.path.name, exc)
+                        "further until it is written", logsafe(stream.name),
+                        logsafe(segment.path.name), logsafe(exc))
     finally:
         os.close(fd)
     segment.end = position

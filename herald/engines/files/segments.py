@@ -4,7 +4,11 @@ Shared by recovery, the writer, reads and `herald check`: file names, the sparse
 index (its entry and the rule for which records get one), walking a segment's
 records, and judging damage — the same judgement everywhere, so that the API's
 ``corrupt_record`` and `herald check` name the same positions. Also the state each
-stream keeps of its segments, and two small helpers for the files on disk.
+stream keeps of its segments, and small helpers for the files on disk.
+
+Every file the engine creates is FILE_MODE (0600) and every directory private
+(0700, herald.secretfiles.private_dir), whatever the umask: the streams are the
+modules' data, and no other local user may read them.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ if TYPE_CHECKING:
 INDEX_INTERVAL_BYTES = 4096
 
 _INDEX_ENTRY = struct.Struct("<QQ")
+# Segments, indexes, checkpoints, the lock: the owner's only.
+FILE_MODE = 0o600
 _SEGMENT_NAME = re.compile(r"(\d{20})\.log")
 
 
@@ -305,6 +311,18 @@ def _load_index(path: Path, log_size: int) -> tuple[array, array]:  # type: igno
         offsets.append(off)
         last_pos, last_off = pos, off
     return positions, offsets
+
+
+def _write_index(path: Path, data: bytes) -> None:
+    """Replace an index file's contents (created FILE_MODE if missing). Not atomic, and
+    need not be: an index is checked against its log on open, a cut one is cut."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
 
 
 def _fsync_dir(path: Path) -> None:

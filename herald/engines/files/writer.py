@@ -18,9 +18,12 @@ from dataclasses import dataclass, field
 
 from ...codec import Record
 from ...errors import HeraldError, ServerError
+from ...logsafe import logsafe
+from ...secretfiles import private_dir
 from ..base import PartlyWritten
 from .segments import (
     _INDEX_ENTRY,
+    FILE_MODE,
     INDEX_INTERVAL_BYTES,
     _fsync_dir,
     _index_step,
@@ -83,7 +86,8 @@ class _Writer:
         except OSError as exc:
             if not self.index_failing:
                 log.warning("cannot write the index of segment %s (%s); reads scan "
-                            "further until it is written", _segment_name(self.seg_base), exc)
+                            "further until it is written",
+                            logsafe(_segment_name(self.seg_base)), logsafe(exc))
                 self.index_failing = True
             try:
                 os.ftruncate(self.idx_fd, self.idx_size)
@@ -293,8 +297,8 @@ def _seal(st: _Stream) -> None:
     writer.sync()
     if writer.pending_index:
         log.warning("stream %s: segment %s sealed without %d index entries (the disk "
-                    "is full); reads scan further there", st.name,
-                    _segment_name(writer.seg_base), len(writer.pending_index))
+                    "is full); reads scan further there", logsafe(st.name),
+                    logsafe(_segment_name(writer.seg_base)), len(writer.pending_index))
     st.writer = None
     st.roll_due = True
     os.close(writer.log_fd)
@@ -319,7 +323,7 @@ def _write_record(st: _Stream, entry: Record) -> _Written:
 
 def _open_writer(st: _Stream, base: int) -> _Writer:
     if not st.segments:
-        st.dir.mkdir(parents=True, exist_ok=True)
+        private_dir(st.dir)
         _fsync_dir(st.dir.parent)
         return _create_segment(st, base)
     if st.roll_due:
@@ -327,7 +331,7 @@ def _open_writer(st: _Stream, base: int) -> _Writer:
     last = st.segments[-1]
     log_fd = os.open(last.path, os.O_WRONLY)
     try:
-        idx_fd = os.open(last.path.with_suffix(".idx"), os.O_WRONLY | os.O_CREAT, 0o644)
+        idx_fd = os.open(last.path.with_suffix(".idx"), os.O_WRONLY | os.O_CREAT, FILE_MODE)
     except OSError:
         os.close(log_fd)
         raise
@@ -345,10 +349,10 @@ def _create_segment(st: _Stream, base: int) -> _Writer:
     path = st.dir / f"{_segment_name(base)}.log"
     # O_TRUNC: a creation that failed half-way (a full disk) left at most empty
     # files of this very name, which are taken over.
-    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    log_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     try:
         idx_fd = os.open(path.with_suffix(".idx"),
-                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+                         os.O_WRONLY | os.O_CREAT | os.O_TRUNC, FILE_MODE)
     except OSError:
         os.close(log_fd)
         raise
@@ -365,7 +369,7 @@ def _create_segment(st: _Stream, base: int) -> _Writer:
 def _undo(st: _Stream, exc: OSError) -> HeraldError:
     """A write or fsync failed: cut the active segment back to its last fsync."""
     error = _storage_error(exc, f"stream {st.name}")
-    log.error("append to stream %s failed: %s", st.name, exc)
+    log.error("append to stream %s failed: %s", logsafe(st.name), logsafe(exc))
     writer = st.writer
     if writer is None:
         return error
@@ -379,7 +383,7 @@ def _undo(st: _Stream, exc: OSError) -> HeraldError:
         writer.since_index = INDEX_INTERVAL_BYTES
     except OSError as undo_exc:
         log.error("stream %s: could not undo a failed write (%s); appends to it are "
-                  "refused until restart", st.name, undo_exc)
+                  "refused until restart", logsafe(st.name), logsafe(undo_exc))
         st.failed = ServerError(
             f"stream {st.name} had a write failure that could not be undone; restart "
             f"Herald to recover it", code="storage_error")

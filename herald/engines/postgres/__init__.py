@@ -63,15 +63,18 @@ The package::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import re
-from collections.abc import Collection, Sequence
+from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ... import codec
 from ...codec import Record
+from ...config import bounded, check_bounds
 from ...errors import ConfigError, CorruptRecord, StorageUnavailable
+from ...logsafe import logsafe
 from ...model import Limits, StreamInfo, validate_stream_name
 from ...placement import StreamState
 from ..base import (
@@ -116,7 +119,17 @@ MAX_READ_ROWS = 1000
 # rows per stream, and the delete's cost amortised over as many events.
 PRUNE_FRACTION = 4
 
+# psycopg's pipeline mode can deadlock sending one large statement (psycopg issue
+# #685: PostgreSQL waits for the rest of the query, psycopg for a result, forever,
+# with the stream's row locked): a 32 MiB record hung here, 16 MiB did not. A write
+# or a load whose parameters are larger than this runs without the pipeline, one
+# round trip per statement; next to moving megabytes, those round trips cost nothing.
+PIPELINE_MAX_BYTES = 4 * 1024 * 1024
+
 _SCHEMA_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+# More connections per node than this is a mistake: PostgreSQL serves 100 in all by
+# default (max_connections), each one a process of its own.
+MAX_POOL_SIZE = 1000
 
 
 @dataclass(frozen=True)
@@ -130,7 +143,7 @@ class PostgresConfig:
     # deployments can share one database under different schemas.
     schema: str = "herald"
     # Connections per node. Each node needs one more for LISTEN.
-    pool_size: int = 10
+    pool_size: int = bounded(10, 1, MAX_POOL_SIZE, unit="connections")
 
     def __post_init__(self) -> None:
         if not self.dsn:
@@ -142,8 +155,7 @@ class PostgresConfig:
             raise ConfigError("[storage.postgres] schema: expected a lower-case SQL "
                               "identifier (a-z, 0-9, _; at most 63 characters), got "
                               f"{self.schema!r}")
-        if self.pool_size < 1:
-            raise ConfigError("[storage.postgres] pool_size: must be at least 1")
+        check_bounds(self, "[storage.postgres]")
         try:
             conninfo_to_dict(self.dsn)
         except psycopg.ProgrammingError as exc:
@@ -246,8 +258,10 @@ class PostgresEngine(_Notifications, _Connections, SharedEngine):
         validate_stream_name(stream)
         q = self._sql
 
+        pipelined = ids is None or sum(len(i) for i in ids) <= PIPELINE_MAX_BYTES
+
         async def run(conn: psycopg.AsyncConnection[Any]) -> StreamState:
-            async with conn.pipeline():
+            async with _pipeline(conn, pipelined):
                 head_cursor = await conn.execute(q.load_stream, (stream,))
                 if ids is None:
                     id_cursor = await conn.execute(q.window_ids, {"name": stream,
@@ -276,18 +290,20 @@ class PostgresEngine(_Notifications, _Connections, SharedEngine):
         from the start, on another connection, if the connection turned out dead
         before COMMIT was sent: PostgreSQL rolled the transaction back."""
         validate_stream_name(stream)
+        pipelined = sum(len(r.raw) for r in write.records) <= PIPELINE_MAX_BYTES
         for attempt in range(self._stale_attempts()):
             committing = False
             try:
                 async with (self._connection(f"appending to stream {stream}") as conn,
-                            conn.pipeline() as pipeline):
+                            _pipeline(conn, pipelined) as pipeline):
                     await conn.execute("BEGIN")
                     stream_id, head, last_time = await self._lock(conn, stream)
                     done = write
                     if head != write.expected_head:
                         if write.replace is None:
                             await conn.execute("ROLLBACK")
-                            await pipeline.sync()
+                            if pipeline is not None:
+                                await pipeline.sync()
                             raise HeadMoved(head)
                         # Another node wrote first: place again here, under the lock.
                         state = await self._locked_state(conn, stream, head, last_time,
@@ -297,7 +313,8 @@ class PostgresEngine(_Notifications, _Connections, SharedEngine):
                         await self._insert(conn, stream_id, done)
                     await conn.execute("COMMIT")
                     committing = True
-                    await pipeline.sync()
+                    if pipeline is not None:
+                        await pipeline.sync()
                 if done.written:
                     self._published(stream, done.head)
                 return
@@ -311,7 +328,8 @@ class PostgresEngine(_Notifications, _Connections, SharedEngine):
                         or attempt == self._stale_attempts() - 1):
                     raise
                 log.warning("append to stream %s: connection failed before commit (%s); "
-                            "retrying on another connection", stream, exc.message)
+                            "retrying on another connection", logsafe(stream),
+                            logsafe(exc.message))
                 await self._after_stale(attempt)
 
     async def _lock(self, conn: psycopg.AsyncConnection[Any],
@@ -468,3 +486,14 @@ class PostgresEngine(_Notifications, _Connections, SharedEngine):
         if row is None:
             raise CheckpointConflict(name, await self.get_checkpoint(name))
         return Checkpoint(value, int(row[0]))
+
+
+@contextlib.asynccontextmanager
+async def _pipeline(conn: psycopg.AsyncConnection[Any],
+                    on: bool) -> AsyncIterator[psycopg.AsyncPipeline | None]:
+    """``conn.pipeline()`` if ``on``, else nothing (see PIPELINE_MAX_BYTES)."""
+    if not on:
+        yield None
+        return
+    async with conn.pipeline() as pipeline:
+        yield pipeline

@@ -20,6 +20,7 @@ import psycopg_pool
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from ...errors import ServerError, StorageUnavailable
+from ...logsafe import logsafe
 
 if TYPE_CHECKING:
     from . import PostgresConfig
@@ -210,4 +211,4 @@ class _Connections:
             try:
                 await pool.check()
             except psycopg.Error as exc:  # pragma: no cover - check() handles its own
-                log.warning("checking pooled connections failed: %s", _first_line(exc))
+                log.warning("checking pooled connections failed: %s", logsafe(_first_line(exc)))

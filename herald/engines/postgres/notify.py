@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import psycopg
 
 from ...errors import HeraldError
+from ...logsafe import logsafe
 from .connections import _Connections, _first_line
 
 if TYPE_CHECKING:
@@ -71,7 +72,8 @@ class _Notifications(_Connections):
                 for payload in payloads:
                     await conn.execute("SELECT pg_notify(%s, %s)", (self.config.channel, payload))
         except HeraldError as exc:
-            log.warning("NOTIFY of new heads failed (%s); other nodes will poll", exc.message)
+            log.warning("NOTIFY of new heads failed (%s); other nodes will poll",
+                        logsafe(exc.message))
 
     async def _listen_loop(self) -> None:
         """One LISTEN connection per node: notifications move the local heads."""
@@ -94,7 +96,7 @@ class _Notifications(_Connections):
             except (psycopg.Error, HeraldError, OSError) as exc:
                 if not self._closing:
                     log.warning("LISTEN connection to PostgreSQL lost (%s); reconnecting in "
-                                "%.1f s", _first_line(exc), delay)
+                                "%.1f s", logsafe(_first_line(exc)), delay)
                     if self._listening:
                         self._alarm()
             finally:

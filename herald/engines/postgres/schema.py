@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from ...errors import StorageUnavailable
+from ...logsafe import logsafe
 
 if TYPE_CHECKING:
     import psycopg
@@ -108,8 +109,8 @@ async def migrate(conn: psycopg.AsyncConnection[Any], schema: str) -> None:
     for migration in MIGRATIONS:
         if migration.version <= current:
             continue
-        log.info("schema %s: migration %d: %s", schema, migration.version,
-                 migration.description)
+        log.info("schema %s: migration %d: %s", logsafe(schema), migration.version,
+                 logsafe(migration.description))
         for statement in migration.statements:
             await conn.execute(statement.replace("{s}", quoted))
         await conn.execute(
