@@ -37,6 +37,10 @@ A subscription that loses its node resumes from ``position`` on the next one, at
 once; it backs off only when every node has failed in a row. A subscription that
 hears nothing — not even a heartbeat — for three heartbeat intervals takes its node
 for lost.
+
+Why one module of ~730 lines: it is the whole public client, and a user reads it as
+one — the two clients, the subscription, failover and the error mapping refer to
+each other on every page. Split, each part would import the others' private names.
 """
 
 from __future__ import annotations

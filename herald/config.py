@@ -13,6 +13,11 @@ Principals (``[[principal]]``), dashboard users (``[[user]]``) and gatherers
 (``[[gather]]``, one per source, see GatherConfig) are lists of tables and live in
 the file only.
 
+Why one module of ~770 lines: a key's whole life — its dataclass field, its range,
+its coercion, and the precedence of file, environment and flags — is read in one
+place; the engines' and sources' own tables are parsed by their own classes
+(``engines.engine_settings``, ``gather.manager.source_settings``), not here.
+
 Every number is range-checked, wherever it came from: a setting is a field declared
 with ``bounded(default, low, high)`` and its class's ``__post_init__`` calls
 ``check_bounds``, so ``nan``, ``inf``, a negative timeout or a rate of 10^300 — each
