@@ -286,13 +286,7 @@ def events_of(record: Record, start: int = 0, limit: int | None = None) -> list[
 # to the next). Herald refuses at append what any of them would read otherwise, so
 # that every subscriber reads every event, in any language.
 MAX_SAFE_INTEGER = 2**53 - 1
-# A number that could break the rule has 16 or more digits in a row, or an exponent,
-# right after the structural character before a number. An event's data without such
-# a run (almost all data) is checked by this one scan; a string that happens to hold
-# one (``"a:1e5"``) only costs the exact check below.
-_SUSPECT_NUMBER = re.compile(rb"[\[,:]\s*-?(?:[0-9]{16}|[0-9.]+[eE])")
 # The exact check: strings are skipped whole, numbers taken as JSON writes them.
-_DIGIT_OR_MINUS = frozenset(bytes([c]) for c in b"-0123456789")
 _JSON_TOKEN = re.compile(rb'"(?:[^"\\]|\\.)*"|-?[0-9][0-9.eE+-]*')
 
 
@@ -300,8 +294,7 @@ def number_problem(data: bytes | memoryview | msgspec.Raw) -> str | None:
     """Why a JSON value holds a number some reader would not read back exactly (None:
     it holds none). Integers must be within ±MAX_SAFE_INTEGER; other numbers must
     fit a double (not overflow to infinity)."""
-    # A bare number (``"data": 1e999``) has no structural character before it.
-    if _SUSPECT_NUMBER.search(data) is None and bytes(memoryview(data)[:1]) not in _DIGIT_OR_MINUS:
+    if not _suspect(bytes(memoryview(data))):
         return None
     for match in _JSON_TOKEN.finditer(data):
         token = match.group()
@@ -314,6 +307,18 @@ def number_problem(data: bytes | memoryview | msgspec.Raw) -> str | None:
             return (f"the integer {_shown(token)}, beyond ±{MAX_SAFE_INTEGER} (2**53 - 1): "
                     "JavaScript reads it as another number (send it as a string)")
     return None
+
+
+# Digits become "0", e and E "e", everything else " ": then two substring searches
+# (C speed, ~20x faster than a regular expression over the body) find every place a
+# number could break the rule — and some strings that merely look so, which only
+# cost the exact check.
+_SHAPE = bytes(48 if 48 <= c <= 57 else 101 if c in (69, 101) else 32 for c in range(256))
+
+
+def _suspect(data: bytes) -> bool:
+    shape = data.translate(_SHAPE)
+    return b"0e" in shape or b"0000000000000000" in shape
 
 
 def _shown(token: bytes) -> str:
@@ -351,7 +356,7 @@ def decode_append(body: bytes, limits: Limits) -> Batch:
         raise InvalidRequest("body is nested too deeply", code="invalid_json") from exc
     if not events:
         raise EmptyBatch("a batch needs at least one event")
-    if _SUSPECT_NUMBER.search(body) is not None:
+    if _suspect(body):
         for index, event in enumerate(events):
             problem = number_problem(event.data)
             if problem is not None:
