@@ -163,3 +163,24 @@ def test_the_client_decodes_answers_only_through_its_checked_functions() -> None
                     and "json" in ast.unparse(node.func)):
                 offenders.append(f"{function.name}: {ast.unparse(node)}")
     assert offenders == []
+
+
+# The prefilter in C (herald/_shape.c) answers exactly as its rule in Python: bodies
+# made of the bytes the rule tells apart (digits, signs, e and E, ".", others), long
+# enough to cross the C loop's 16-byte blocks and its end.
+_SHAPE_BYTES = st.sampled_from([b"0", b"7", b"-", b"+", b"e", b"E", b".", b" ", b"x",
+                                b'"', b"1234567890", b"12345678901234567", b"e308"])
+
+
+@pytest.mark.skipif(codec._c_verdict is None, reason="herald._shape was not built here")
+@given(st.lists(_SHAPE_BYTES, max_size=80).map(b"".join), st.integers(0, 40))
+def test_the_c_prefilter_is_the_python_rule(body: bytes, pad: int) -> None:
+    assert codec._c_verdict is not None
+    for raw in (body, b"a" * pad + body, body + b"a" * pad):
+        assert codec._c_verdict(raw) == codec.shape_verdict(raw), raw
+
+
+def test_the_c_prefilter_is_built_where_the_tests_run() -> None:
+    # make installs with a compiler (gcc on every machine it runs on): the fast
+    # path must not be lost to a silent build failure.
+    assert codec._c_verdict is not None
