@@ -869,3 +869,48 @@ async def test_close_finishes_an_append_still_loading_its_stream() -> None:
         await closing
     assert result.first == 0
     assert positions(await stored(engine.store, "s")) == [0]
+
+
+# --- a caller that leaves --------------------------------------------------------------
+
+
+class _GatedEngine(MemoryEngine):
+    """Writes wait for ``gate``: appends stay in flight as long as a test wants."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        super().__init__(store)
+        self.gate = asyncio.Event()
+
+    async def write(self, stream: str, write: Write) -> None:
+        await self.gate.wait()
+        await super().write(stream, write)
+
+
+async def test_an_append_whose_caller_leaves_is_still_written_and_its_retry_answered() -> None:
+    """The class: every wait on the append path (the hub's writer, the files engine's
+    commit) is a plain future, not asyncio.shield. A caller cancelled while its append
+    is in flight must neither stop the write nor cancel anyone else waiting on it — a
+    retry of that append (same ids) gets the first attempt's answer once durable."""
+    store = MemoryStore()
+    engine = _GatedEngine(store)
+    hub = Hub(engine, Limits())
+    await hub.open()
+    try:
+        first = asyncio.create_task(hub.append("s", batch("a", "b")))
+        behind = asyncio.create_task(hub.append("s", batch("c")))  # queued behind it
+        await settle()
+        retry = asyncio.create_task(hub.append("s", batch("a", "b")))
+        await settle()
+        first.cancel()  # the caller left (a closed connection cancels its handler)
+        behind.cancel()
+        await settle()
+        assert not retry.done()  # it waits for the original to be durable
+        engine.gate.set()
+        answer = await asyncio.wait_for(retry, 5)
+        assert (answer.first, answer.head) == (0, 2)
+        assert [d.id for d in answer.duplicates] == ["a", "b"]
+        assert first.cancelled() and behind.cancelled()
+        assert ids(await stored(store, "s")) == ["a", "b", "c"]  # both written anyway
+        assert await hub.head("s") == 3
+    finally:
+        await hub.close()
