@@ -358,13 +358,16 @@ class Handlers:
         if request.content_length is not None and request.content_length > limit:
             raise TooLarge(f"batch is {request.content_length} bytes; the limit is {limit}",
                            code="batch_too_large", limit=limit)
-        try:
-            async with asyncio.timeout(self.body_timeout):
-                body = await request.read()
-        except TimeoutError:
-            raise RequestTimeout(
-                f"the request body did not arrive within {self.body_timeout:g} s",
-                code="request_timeout") from None
+        if request.content.is_eof():  # all here already (a small body, usually): no timer
+            body = await request.read()
+        else:
+            try:
+                async with asyncio.timeout(self.body_timeout):
+                    body = await request.read()
+            except TimeoutError:
+                raise RequestTimeout(
+                    f"the request body did not arrive within {self.body_timeout:g} s",
+                    code="request_timeout") from None
         return _json_response(await self.hub.append_body(stream, body, expected))
 
     async def read_events(self, request: web.Request) -> web.StreamResponse:

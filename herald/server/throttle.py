@@ -16,6 +16,7 @@ MAX_TRACKED_KEYS.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import itertools
 import time
@@ -61,6 +62,7 @@ TOKEN_FAILURE_BURST = 20
 _EVICTION_SCAN = 8
 
 
+@functools.lru_cache(maxsize=4096)  # every bearer request asks: parse each address once
 def address_key(address: str) -> str:
     """The key a client address is throttled by: an IPv4 address as it is, an IPv6
     one by its /64 (RFC 6177: one site gets a whole /64 or more, so one host can
