@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 .PHONY: serve test check proof bench bench-gather bench-peers bench-postgres bench-compare \
-	soak clean system-tools
+	soak clean system-tools azurite bench-instructions
 
 # The security tests drive real nginx (with its stream module), curl and openssl;
 # the fault tests strace (to hold Herald at a chosen system call and kill it there,
@@ -17,7 +17,8 @@ SYSTEM_PACKAGES := nginx libnginx-mod-stream curl openssl strace faketime e2fspr
 SYSTEM_COMMANDS := nginx curl openssl strace faketime mkfs.ext4
 NGINX_STREAM_MODULE := /usr/lib/nginx/modules/ngx_stream_module.so
 
-$(STAMP): pyproject.toml
+# setup.py builds herald/_shape.c (the number check's prefilter in C, optional).
+$(STAMP): pyproject.toml setup.py herald/_shape.c
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[test,bench]'
@@ -47,7 +48,24 @@ system-tools:
 	  echo "missing:$$missing, and apt-get is not usable: their tests skip"; \
 	fi
 
-test: $(STAMP) check system-tools
+# Azurite, the Azure Storage emulator the azure-blob and azure-table engines' tests run
+# against: pinned in tools/azurite/package-lock.json, installed from the npm registry
+# with `npm ci` (reinstalled when the lock changes). tests/azuretools.py starts one per
+# test session on free ports, data in a temporary directory, never with --loose (it
+# would silently ignore If-Match). Without node/npm its tests skip (fail under CI=true).
+AZURITE_DIR := tools/azurite
+AZURITE_STAMP := $(AZURITE_DIR)/node_modules/.installed
+
+$(AZURITE_STAMP): $(AZURITE_DIR)/package.json $(AZURITE_DIR)/package-lock.json
+	@if command -v npm >/dev/null; then \
+	  cd $(AZURITE_DIR) && npm ci --no-audit --no-fund --loglevel=error && touch node_modules/.installed; \
+	else \
+	  echo "npm is missing: the Azure engines' tests skip (apt-get install nodejs npm)"; \
+	fi
+
+azurite: $(AZURITE_STAMP)
+
+test: $(STAMP) check system-tools azurite
 	$(BIN)/pytest -m "not proof"
 
 proof: $(STAMP)
@@ -76,6 +94,11 @@ COMMIT ?= HEAD
 ROUNDS ?= 3
 bench-compare: $(STAMP)
 	$(BIN)/python bench/compare.py --commit $(COMMIT) --rounds $(ROUNDS)
+
+# The same before and after in instructions (valgrind's callgrind), server and client:
+# what the workloads cost the CPU, the same count whatever the machine's noise.
+bench-instructions: $(STAMP)
+	$(BIN)/python bench/instructions.py --commit $(COMMIT)
 
 # 10 minutes at half the measured W1 rate with 100 live subscribers, each on a stream of
 # its own; then 10 more with all of them on one stream (not in `make test`).
