@@ -29,6 +29,8 @@ __all__ = ["ENGINES", "create_engine", "engine_class", "engine_settings"]
 # name → "module:Class". An engine's dependencies (psycopg, azure…) are imported
 # only when it is configured.
 ENGINES: dict[str, str] = {
+    "azure-blob": "herald.engines.azure_blob:AzureBlobEngine",
+    "azure-table": "herald.engines.azure_table:AzureTableEngine",
     "files": "herald.engines.files:FilesEngine",
     "memory": "herald.engines.memory:MemoryEngine",
     "postgres": "herald.engines.postgres:PostgresEngine",

@@ -132,6 +132,8 @@ class EngineMachine(RuleBasedStateMachine):
     def teardown(self) -> None:
         try:
             self.run(self.kit.close_all())
+            if self.kit.teardown is not None:  # a schema, a container: not left behind
+                self.run(self.kit.teardown())
         finally:
             self.runner.close()
             shutil.rmtree(self.dir, ignore_errors=True)

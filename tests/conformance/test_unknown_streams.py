@@ -23,6 +23,7 @@ from herald.model import Limits
 from .engines import EngineKit
 
 NAMES = 2_000
+REMOTE_NAMES = 500  # where each call is a round trip to a storage service
 # Per name, what may remain (allocator noise, interned ints): far below the ~1 KB a
 # kept entry costs.
 MAX_BYTES_PER_NAME = 48
@@ -49,20 +50,25 @@ async def touch(hub: object, name: str) -> None:
 async def test_names_without_events_leave_nothing_behind(kit: EngineKit) -> None:
     hub = await kit.open(Limits())
     await hub.append_body("real", msgspec.json.encode([{"type": "T", "data": 1}]))
-    for i in range(200):  # warm every cache and pool first
-        await touch(hub, f"warm-{i}")
-    gc.collect()
+    # Warm every cache and pool first, traced: a bounded cache (yarl's and urllib's URL
+    # caches under an HTTP engine's SDK) then replaces traced entries with traced ones,
+    # netting zero, not untraced ones with traced ones, which looks like growth up to
+    # the cache's size.
     tracemalloc.start()
     try:
+        for i in range(200):
+            await touch(hub, f"warm-{i}")
+        gc.collect()
         before = tracemalloc.get_traced_memory()[0]
-        for i in range(NAMES):
+        names = REMOTE_NAMES if kit.remote else NAMES
+        for i in range(names):
             await touch(hub, f"ghost-{i}")
         await asyncio.sleep(0)
         gc.collect()
         grown = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert grown / NAMES < MAX_BYTES_PER_NAME, f"{grown / NAMES:.0f} bytes kept per name"
+    assert grown / names < MAX_BYTES_PER_NAME, f"{grown / names:.0f} bytes kept per name"
     # And the real stream is still what it was.
     assert [e.data for r in await hub.records("real", 0) for e in codec.events_of(r)] == [1]
 

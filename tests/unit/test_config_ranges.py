@@ -49,6 +49,7 @@ from herald.config import (
     registered_class,
 )
 from herald.engines import ENGINES, engine_class, engine_settings
+from herald.engines.azure_account import AZURITE_CONNECTION_STRING
 from herald.gather.manager import SOURCES, source_settings
 from herald.model import Limits
 
@@ -110,7 +111,11 @@ SOURCE_BASES: dict[str, dict[str, Any]] = {
                       "env": {"PERSISTENCE_MODULE": "eventsourcing.sqlite"}},
 }
 # A valid table of each engine's own keys; a new engine with required keys needs one.
-ENGINE_BASES: dict[str, dict[str, Any]] = {"postgres": {"dsn": "postgresql://db/x"}}
+ENGINE_BASES: dict[str, dict[str, Any]] = {
+    "postgres": {"dsn": "postgresql://db/x"},
+    "azure-blob": {"connection_string": AZURITE_CONNECTION_STRING},
+    "azure-table": {"connection_string": AZURITE_CONNECTION_STRING},
+}
 
 
 @dataclass(frozen=True)
@@ -366,7 +371,8 @@ def test_from_the_environment(setting: tuple[type[Any], str, bool]) -> None:
     # the engine's own variables are read for the configured engine
     engine = {"HERALD_STORAGE_ENGINE": route.label[len("[storage."):-1]} \
         if route.label.startswith("[storage.") else {}
-    base = {f"HERALD_STORAGE_{engine['HERALD_STORAGE_ENGINE'].upper()}_{k.upper()}": str(v)
+    base = {f"HERALD_STORAGE_{engine['HERALD_STORAGE_ENGINE'].upper().replace('-', '_')}_"
+            f"{k.upper()}": str(v)
             for k, v in route.kwargs.items()} if engine else {}
     for text in env_texts(bounds, integer):
         environ = {**engine, **base, variable: text}
