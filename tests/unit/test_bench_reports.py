@@ -219,3 +219,27 @@ def test_compare_section_medians_ranges_and_ratios() -> None:
     assert "| W2 catch-up read, data used, events/s | postgres | **300** | — | — |" in section
     assert "| W1 append, events/s | postgres |" not in section
     assert "| W2 catch-up read, events/s | files |" not in section
+
+
+# --- bench/instructions.py -------------------------------------------------------------
+
+
+def test_instructions_section_states_both_processes_and_the_ratio(tmp_path: Path) -> None:
+    from bench.instructions import SECTION, render, write_section
+
+    before = {"W1": (10_000.0, 4_000.0), "W2": (4_000.0, 9_000.0),
+              "W2d": (4_000.0, 17_000.0), "W4": (900_000.0, 700_000.0)}
+    after = {"W1": (10_500.0, 4_000.0), "W2": (4_000.0, 9_000.0),
+             "W2d": (4_000.0, 17_000.0), "W4": (1_000_000.0, 700_000.0)}
+    body = render(before, after, commit="9c37953", head="abc1234",
+                  command="python bench/instructions.py --commit 9c37953", batches=40,
+                  appends=300)
+    assert "| W1 append, per event | server | 10,000 | 10,500 | 0.95× |" in body
+    assert "| W4 append of 10 events, per append | server | 900,000 | 1,000,000 | 0.90× |" in body
+    assert "| W2 read, data used, per event | client | 17,000 | 17,000 | 1.00× |" in body
+    bench = tmp_path / "BENCH.md"
+    bench.write_text("# Bench\n\n## Other\n\nkept\n")
+    write_section(bench, body)
+    write_section(bench, body)  # rewritten in place, not appended twice
+    text = bench.read_text()
+    assert text.count(f"## {SECTION}") == 1 and "## Other\n\nkept" in text
