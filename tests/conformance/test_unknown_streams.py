@@ -23,7 +23,7 @@ from herald.model import Limits
 from .engines import EngineKit
 
 NAMES = 2_000
-REMOTE_NAMES = 500  # where each call is a round trip to a storage service
+REMOTE_NAMES = 300  # where each call is a round trip to a storage service
 # Per name, what may remain (allocator noise, interned ints): far below the ~1 KB a
 # kept entry costs.
 MAX_BYTES_PER_NAME = 48
